@@ -1,0 +1,1 @@
+//! Shared sample messages for the benchmarks.

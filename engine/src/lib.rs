@@ -1,0 +1,3 @@
+//! siplb: a SIP load balancer. The engine is filled in by the balancer issue.
+
+pub use siplb_parser as parser;

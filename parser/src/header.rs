@@ -1,0 +1,239 @@
+//! Header names: the ones the scanner knows, their compact forms, and methods.
+
+use crate::lex;
+
+/// The headers the scanner recognises. Any other name is [`HeaderKind::Other`]
+/// and still reachable through [`Message::headers`](crate::Message::headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HeaderKind {
+    Via,
+    Route,
+    RecordRoute,
+    MaxForwards,
+    CallId,
+    CSeq,
+    From,
+    To,
+    Contact,
+    ContentLength,
+    ContentType,
+    ContentEncoding,
+    Supported,
+    Subject,
+    Event,
+    AllowEvents,
+    ReferTo,
+    ReferredBy,
+    SessionExpires,
+    AcceptContact,
+    RejectContact,
+    RequestDisposition,
+    Identity,
+    Expires,
+    #[default]
+    Other,
+}
+
+impl HeaderKind {
+    /// Classifies a header name, case-insensitively, including RFC 3261
+    /// §7.3.3 compact forms and later registered ones.
+    pub fn classify(name: &[u8]) -> HeaderKind {
+        if name.len() == 1 {
+            return match name[0] | 0x20 {
+                b'v' => HeaderKind::Via,
+                b'i' => HeaderKind::CallId,
+                b'm' => HeaderKind::Contact,
+                b'f' => HeaderKind::From,
+                b't' => HeaderKind::To,
+                b'l' => HeaderKind::ContentLength,
+                b'c' => HeaderKind::ContentType,
+                b'e' => HeaderKind::ContentEncoding,
+                b'k' => HeaderKind::Supported,
+                b's' => HeaderKind::Subject,
+                b'o' => HeaderKind::Event,
+                b'u' => HeaderKind::AllowEvents,
+                b'r' => HeaderKind::ReferTo,
+                b'b' => HeaderKind::ReferredBy,
+                b'x' => HeaderKind::SessionExpires,
+                b'a' => HeaderKind::AcceptContact,
+                b'j' => HeaderKind::RejectContact,
+                b'd' => HeaderKind::RequestDisposition,
+                b'y' => HeaderKind::Identity,
+                _ => HeaderKind::Other,
+            };
+        }
+        let candidates: &[(&[u8], HeaderKind)] = match name.len() {
+            2 => &[(b"To", HeaderKind::To)],
+            3 => &[(b"Via", HeaderKind::Via)],
+            4 => &[(b"From", HeaderKind::From), (b"CSeq", HeaderKind::CSeq)],
+            5 => &[(b"Route", HeaderKind::Route), (b"Event", HeaderKind::Event)],
+            7 => &[
+                (b"Call-ID", HeaderKind::CallId),
+                (b"Contact", HeaderKind::Contact),
+                (b"Subject", HeaderKind::Subject),
+                (b"Expires", HeaderKind::Expires),
+            ],
+            8 => &[(b"Refer-To", HeaderKind::ReferTo), (b"Identity", HeaderKind::Identity)],
+            9 => &[(b"Supported", HeaderKind::Supported)],
+            11 => &[(b"Referred-By", HeaderKind::ReferredBy)],
+            12 => &[
+                (b"Record-Route", HeaderKind::RecordRoute),
+                (b"Max-Forwards", HeaderKind::MaxForwards),
+                (b"Content-Type", HeaderKind::ContentType),
+                (b"Allow-Events", HeaderKind::AllowEvents),
+            ],
+            14 => &[
+                (b"Content-Length", HeaderKind::ContentLength),
+                (b"Accept-Contact", HeaderKind::AcceptContact),
+                (b"Reject-Contact", HeaderKind::RejectContact),
+            ],
+            15 => &[(b"Session-Expires", HeaderKind::SessionExpires)],
+            16 => &[(b"Content-Encoding", HeaderKind::ContentEncoding)],
+            19 => &[(b"Request-Disposition", HeaderKind::RequestDisposition)],
+            _ => &[],
+        };
+        candidates
+            .iter()
+            .find(|(n, _)| lex::eq_ic(n, name))
+            .map_or(HeaderKind::Other, |&(_, k)| k)
+    }
+
+    /// The canonical (long) name, or `None` for [`HeaderKind::Other`].
+    pub const fn canonical_name(self) -> Option<&'static str> {
+        Some(match self {
+            HeaderKind::Via => "Via",
+            HeaderKind::Route => "Route",
+            HeaderKind::RecordRoute => "Record-Route",
+            HeaderKind::MaxForwards => "Max-Forwards",
+            HeaderKind::CallId => "Call-ID",
+            HeaderKind::CSeq => "CSeq",
+            HeaderKind::From => "From",
+            HeaderKind::To => "To",
+            HeaderKind::Contact => "Contact",
+            HeaderKind::ContentLength => "Content-Length",
+            HeaderKind::ContentType => "Content-Type",
+            HeaderKind::ContentEncoding => "Content-Encoding",
+            HeaderKind::Supported => "Supported",
+            HeaderKind::Subject => "Subject",
+            HeaderKind::Event => "Event",
+            HeaderKind::AllowEvents => "Allow-Events",
+            HeaderKind::ReferTo => "Refer-To",
+            HeaderKind::ReferredBy => "Referred-By",
+            HeaderKind::SessionExpires => "Session-Expires",
+            HeaderKind::AcceptContact => "Accept-Contact",
+            HeaderKind::RejectContact => "Reject-Contact",
+            HeaderKind::RequestDisposition => "Request-Disposition",
+            HeaderKind::Identity => "Identity",
+            HeaderKind::Expires => "Expires",
+            HeaderKind::Other => return None,
+        })
+    }
+}
+
+/// A SIP request method. Unknown extension methods are kept as `Other`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method<'a> {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Prack,
+    Subscribe,
+    Notify,
+    Publish,
+    Info,
+    Refer,
+    Message,
+    Update,
+    /// Any other token, as written.
+    Other(&'a [u8]),
+}
+
+impl<'a> Method<'a> {
+    /// Classifies a method token. Methods are case-sensitive (RFC 3261
+    /// §7.1), so `invite` is an extension method, not INVITE.
+    pub fn from_token(t: &'a [u8]) -> Method<'a> {
+        match t {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"OPTIONS" => Method::Options,
+            b"REGISTER" => Method::Register,
+            b"PRACK" => Method::Prack,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"NOTIFY" => Method::Notify,
+            b"PUBLISH" => Method::Publish,
+            b"INFO" => Method::Info,
+            b"REFER" => Method::Refer,
+            b"MESSAGE" => Method::Message,
+            b"UPDATE" => Method::Update,
+            other => Method::Other(other),
+        }
+    }
+
+    /// The method token.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Method::Invite => b"INVITE",
+            Method::Ack => b"ACK",
+            Method::Bye => b"BYE",
+            Method::Cancel => b"CANCEL",
+            Method::Options => b"OPTIONS",
+            Method::Register => b"REGISTER",
+            Method::Prack => b"PRACK",
+            Method::Subscribe => b"SUBSCRIBE",
+            Method::Notify => b"NOTIFY",
+            Method::Publish => b"PUBLISH",
+            Method::Info => b"INFO",
+            Method::Refer => b"REFER",
+            Method::Message => b"MESSAGE",
+            Method::Update => b"UPDATE",
+            Method::Other(t) => t,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_and_long_forms() {
+        for (name, kind) in [
+            (&b"v"[..], HeaderKind::Via),
+            (b"V", HeaderKind::Via),
+            (b"VIA", HeaderKind::Via),
+            (b"i", HeaderKind::CallId),
+            (b"call-id", HeaderKind::CallId),
+            (b"m", HeaderKind::Contact),
+            (b"f", HeaderKind::From),
+            (b"t", HeaderKind::To),
+            (b"l", HeaderKind::ContentLength),
+            (b"c", HeaderKind::ContentType),
+            (b"k", HeaderKind::Supported),
+            (b"s", HeaderKind::Subject),
+            (b"e", HeaderKind::ContentEncoding),
+            (b"o", HeaderKind::Event),
+            (b"u", HeaderKind::AllowEvents),
+            (b"record-ROUTE", HeaderKind::RecordRoute),
+            (b"max-forwards", HeaderKind::MaxForwards),
+            (b"cseq", HeaderKind::CSeq),
+            (b"X-Custom", HeaderKind::Other),
+            (b"z", HeaderKind::Other),
+        ] {
+            assert_eq!(HeaderKind::classify(name), kind, "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn methods_round_trip() {
+        for m in [&b"INVITE"[..], b"ACK", b"BYE", b"CANCEL", b"OPTIONS", b"REGISTER", b"PRACK", b"UPDATE", b"FOO"] {
+            assert_eq!(Method::from_token(m).as_bytes(), m);
+        }
+        assert_eq!(Method::from_token(b"invite"), Method::Other(b"invite"));
+    }
+}

@@ -1,0 +1,183 @@
+//! Lexical helpers shared by the scanner and the value parsers.
+//!
+//! All functions work on borrowed bytes and return sub-slices or offsets;
+//! none of them allocates or panics on any input.
+
+/// RFC 3261 `token` characters: alphanum and `-.!%*_+`'~`.
+pub(crate) const fn is_token(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+        | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+}
+
+/// Linear white space as it appears inside a (possibly folded) header value.
+pub(crate) const fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Trims linear white space (including folded line breaks) at both ends.
+pub(crate) fn trim(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if !is_lws(*first) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., last] = s {
+        if !is_lws(*last) {
+            break;
+        }
+        s = rest;
+    }
+    s
+}
+
+/// Offset of the first non-LWS byte at or after `i`, or `s.len()`.
+pub(crate) fn skip_lws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_lws(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+pub(crate) fn all_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_token(b))
+}
+
+/// Parses an unsigned decimal number of at most `max_digits` digits.
+pub(crate) fn parse_u32(s: &[u8], max_digits: usize) -> Option<u32> {
+    if s.is_empty() || s.len() > max_digits {
+        return None;
+    }
+    let mut n: u32 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u32::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// Finds the next separator `sep` at nesting depth zero: outside quoted
+/// strings (with backslash escapes) and outside `<...>`. Returns its offset.
+pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
+    let mut in_quotes = false;
+    let mut in_angle = false;
+    let mut i = from;
+    while i < s.len() {
+        let b = s[i];
+        if in_quotes {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_quotes = false,
+                _ => {}
+            }
+        } else if in_angle {
+            if b == b'>' {
+                in_angle = false;
+            }
+        } else {
+            match b {
+                b'"' => in_quotes = true,
+                b'<' => in_angle = true,
+                _ if b == sep => return Some(i),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Iterator over the comma-separated values of one header value, as
+/// `(start, end)` offsets relative to the value, trimmed of LWS. Commas
+/// inside quoted strings and `<...>` do not split. Empty elements are skipped.
+pub(crate) struct CommaSplit<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> CommaSplit<'a> {
+    pub(crate) fn new(s: &'a [u8]) -> Self {
+        CommaSplit { s, pos: 0 }
+    }
+}
+
+impl Iterator for CommaSplit<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        while self.pos <= self.s.len() {
+            let start = self.pos;
+            let end = find_unquoted(self.s, start, b',').unwrap_or(self.s.len());
+            self.pos = end + 1;
+            let mut a = start;
+            let mut b = end;
+            while a < b && is_lws(self.s[a]) {
+                a += 1;
+            }
+            while b > a && is_lws(self.s[b - 1]) {
+                b -= 1;
+            }
+            if a < b {
+                return Some((a, b));
+            }
+        }
+        None
+    }
+}
+
+/// Iterator over `;name[=value]` parameters, as found in Via, name-addr and
+/// URI parameter lists. Names and values are trimmed of LWS; a value may be
+/// a quoted string (returned with its quotes).
+#[derive(Clone)]
+pub struct Params<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Params<'a> {
+    /// Parameters in `s`, which starts at (or before) the first `;`.
+    pub(crate) fn new(s: &'a [u8]) -> Self {
+        Params { s, pos: 0 }
+    }
+
+    /// The value of the first parameter named `name` (case-insensitive):
+    /// `Some(Some(value))`, `Some(None)` for a flag, `None` when absent.
+    pub fn value_of(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
+        self.clone()
+            .find(|&(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
+impl<'a> Iterator for Params<'a> {
+    /// `(name, value)`; the value is `None` for a flag parameter such as `lr`.
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.pos >= self.s.len() {
+                return None;
+            }
+            let start = self.pos;
+            let end = find_unquoted(self.s, start, b';').unwrap_or(self.s.len());
+            self.pos = end + 1;
+            let item = &self.s[start..end];
+            let (name, value) = match memchr::memchr(b'=', item) {
+                Some(eq) => (trim(&item[..eq]), Some(trim(&item[eq + 1..]))),
+                None => (trim(item), None),
+            };
+            if !name.is_empty() {
+                return Some((name, value));
+            }
+        }
+    }
+}
+
+/// Case-insensitive ASCII comparison.
+#[inline]
+pub(crate) fn eq_ic(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}

@@ -1,0 +1,415 @@
+//! The message view: offsets recorded by the scan, and total accessors.
+
+use crate::addr::NameAddr;
+use crate::header::{HeaderKind, Method};
+use crate::via::Via;
+use crate::{MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
+
+/// A byte range of the scanned buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+}
+
+impl Span {
+    pub(crate) fn new(start: usize, end: usize) -> Span {
+        // The scanner never produces offsets above `max_message_size`,
+        // which is capped below u32::MAX.
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
+    pub(crate) fn range(self) -> core::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// One header line as recorded by the scan.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HeaderEntry {
+    pub(crate) kind: HeaderKind,
+    /// From the first byte of the name to the byte after the line's LF
+    /// (including folded continuation lines).
+    pub(crate) line: Span,
+    pub(crate) name: Span,
+    /// The value, trimmed of leading and trailing white space.
+    pub(crate) value: Span,
+}
+
+/// One value of a multi-value header (Via, Route, Record-Route).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ValueRef {
+    /// Index of the header line holding it.
+    pub(crate) header: u8,
+    pub(crate) span: Span,
+}
+
+/// A fixed-capacity list of values.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ValueList<const N: usize> {
+    pub(crate) items: [ValueRef; N],
+    pub(crate) len: u8,
+}
+
+impl<const N: usize> Default for ValueList<N> {
+    fn default() -> Self {
+        ValueList {
+            items: [ValueRef::default(); N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> ValueList<N> {
+    pub(crate) fn as_slice(&self) -> &[ValueRef] {
+        &self.items[..usize::from(self.len).min(N)]
+    }
+}
+
+/// The first line of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    /// `METHOD Request-URI SIP/2.0`
+    Request {
+        method: Method<'a>,
+        uri: &'a [u8],
+        version: &'a [u8],
+    },
+    /// `SIP/2.0 CODE Reason`
+    Response {
+        version: &'a [u8],
+        code: u16,
+        reason: &'a [u8],
+    },
+}
+
+/// The CSeq header: sequence number and method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CSeq<'a> {
+    pub seq: u32,
+    pub method: Method<'a>,
+}
+
+/// One header line: its name as written and its trimmed value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    pub kind: HeaderKind,
+    /// The name as written (may be a compact form such as `v`).
+    pub name: &'a [u8],
+    /// The value, trimmed; may contain folded line breaks.
+    pub value: &'a [u8],
+}
+
+/// A scanned SIP message: offsets into the borrowed buffer.
+///
+/// Built by [`scan`](crate::scan) and friends; see the crate docs for what a
+/// successful scan guarantees. All accessors are cheap and never panic.
+#[derive(Clone, Debug)]
+pub struct Message<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) len: u32,
+    pub(crate) start_line: StartLine<'a>,
+    pub(crate) start_line_span: Span,
+    pub(crate) headers: [HeaderEntry; MAX_HEADERS],
+    pub(crate) header_count: u8,
+    pub(crate) vias: ValueList<MAX_VIAS>,
+    pub(crate) routes: ValueList<MAX_ROUTES>,
+    pub(crate) record_routes: ValueList<MAX_ROUTES>,
+    pub(crate) top_via: Via<'a>,
+    pub(crate) call_id: &'a [u8],
+    pub(crate) cseq: CSeq<'a>,
+    pub(crate) from: NameAddr<'a>,
+    pub(crate) to: NameAddr<'a>,
+    /// (value, header index)
+    pub(crate) max_forwards: Option<(u8, u8)>,
+    pub(crate) content_length: Option<u32>,
+    pub(crate) content_type: Option<&'a [u8]>,
+    /// Offset of the byte after the blank line that ends the headers.
+    pub(crate) body_start: u32,
+}
+
+impl<'a> Message<'a> {
+    /// The whole scanned buffer (which may extend past this message).
+    pub fn buffer(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// The message's bytes: `&buffer()[..len()]`, including any line
+    /// breaks skipped before the start line.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        &self.buf[..self.len()]
+    }
+
+    /// Bytes of the buffer that belong to this message (leading line
+    /// breaks, start line, headers and body).
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never true: a message has at least a start line.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The start line.
+    pub fn start_line(&self) -> StartLine<'a> {
+        self.start_line
+    }
+
+    /// True for a request.
+    pub fn is_request(&self) -> bool {
+        matches!(self.start_line, StartLine::Request { .. })
+    }
+
+    /// The request method, or `None` for a response.
+    pub fn method(&self) -> Option<Method<'a>> {
+        match self.start_line {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The Request-URI, or `None` for a response.
+    pub fn request_uri(&self) -> Option<&'a [u8]> {
+        match self.start_line {
+            StartLine::Request { uri, .. } => Some(uri),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The status code, or `None` for a request.
+    pub fn status(&self) -> Option<u16> {
+        match self.start_line {
+            StartLine::Response { code, .. } => Some(code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The reason phrase, or `None` for a request.
+    pub fn reason(&self) -> Option<&'a [u8]> {
+        match self.start_line {
+            StartLine::Response { reason, .. } => Some(reason),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The topmost Via value (always present after a successful scan).
+    pub fn top_via(&self) -> Via<'a> {
+        self.top_via
+    }
+
+    /// Number of Via values across all Via header lines.
+    pub fn via_count(&self) -> usize {
+        self.vias.as_slice().len()
+    }
+
+    /// All Via values, top first.
+    pub fn vias(&self) -> impl Iterator<Item = Via<'a>> + '_ {
+        let buf = self.buf;
+        let top = self.top_via;
+        self.vias.as_slice().iter().map(move |v| {
+            // Every Via value was parsed during the scan; parsing again
+            // cannot fail, and the fallback only keeps this total.
+            Via::parse(&buf[v.span.range()]).unwrap_or(top)
+        })
+    }
+
+    /// The raw Via values, top first.
+    pub fn via_values(&self) -> Values<'a, '_> {
+        Values::new(self.buf, self.vias.as_slice())
+    }
+
+    /// The Route values, in order.
+    pub fn routes(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
+        addresses(self.buf, self.routes.as_slice())
+    }
+
+    /// The raw Route values, in order.
+    pub fn route_values(&self) -> Values<'a, '_> {
+        Values::new(self.buf, self.routes.as_slice())
+    }
+
+    /// The Record-Route values, in order.
+    pub fn record_routes(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
+        addresses(self.buf, self.record_routes.as_slice())
+    }
+
+    /// The raw Record-Route values, in order.
+    pub fn record_route_values(&self) -> Values<'a, '_> {
+        Values::new(self.buf, self.record_routes.as_slice())
+    }
+
+    /// Max-Forwards, if present.
+    pub fn max_forwards(&self) -> Option<u8> {
+        self.max_forwards.map(|(v, _)| v)
+    }
+
+    /// The Call-ID.
+    pub fn call_id(&self) -> &'a [u8] {
+        self.call_id
+    }
+
+    /// The CSeq.
+    pub fn cseq(&self) -> CSeq<'a> {
+        self.cseq
+    }
+
+    /// The From header.
+    pub fn from(&self) -> NameAddr<'a> {
+        self.from
+    }
+
+    /// The To header.
+    pub fn to(&self) -> NameAddr<'a> {
+        self.to
+    }
+
+    /// The From tag.
+    pub fn from_tag(&self) -> Option<&'a [u8]> {
+        self.from.tag()
+    }
+
+    /// The To tag.
+    pub fn to_tag(&self) -> Option<&'a [u8]> {
+        self.to.tag()
+    }
+
+    /// The Contact values, in order. `Contact: *` yields one value whose
+    /// URI is `*`.
+    pub fn contacts(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
+        let buf = self.buf;
+        self.headers_of(HeaderKind::Contact).flat_map(move |h| {
+            crate::lex::CommaSplit::new(h.value).filter_map(move |(a, b)| {
+                let v = &h.value[a..b];
+                if v == b"*" {
+                    return Some(NameAddr {
+                        display_name: None,
+                        uri: v,
+                        bracketed: false,
+                        params: &buf[..0],
+                    });
+                }
+                NameAddr::parse(v).ok()
+            })
+        })
+    }
+
+    /// The Content-Length header's value, if present.
+    pub fn content_length(&self) -> Option<usize> {
+        self.content_length.map(|n| n as usize)
+    }
+
+    /// The Content-Type value, if present.
+    pub fn content_type(&self) -> Option<&'a [u8]> {
+        self.content_type
+    }
+
+    /// The body: Content-Length bytes after the headers, or the rest of the
+    /// datagram when Content-Length is absent.
+    pub fn body(&self) -> &'a [u8] {
+        self.buf
+            .get(self.body_start as usize..self.len())
+            .unwrap_or_default()
+    }
+
+    /// Offset of the body (the byte after the blank line).
+    pub fn body_offset(&self) -> usize {
+        self.body_start as usize
+    }
+
+    /// All header lines, in order.
+    pub fn headers(&self) -> Headers<'a, '_> {
+        Headers {
+            buf: self.buf,
+            entries: self.entries().iter(),
+        }
+    }
+
+    /// Number of header lines.
+    pub fn header_count(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// The header lines named `name` (case-insensitive; a known header also
+    /// matches its compact form, so `Via` finds `v:` lines).
+    pub fn headers_named<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = Header<'a>> + 's {
+        let kind = HeaderKind::classify(name);
+        self.headers().filter(move |h| {
+            if kind == HeaderKind::Other {
+                h.kind == HeaderKind::Other && h.name.eq_ignore_ascii_case(name)
+            } else {
+                h.kind == kind
+            }
+        })
+    }
+
+    /// The first header line named `name`, as [`Message::headers_named`].
+    pub fn header(&self, name: &[u8]) -> Option<Header<'a>> {
+        self.headers_named(name).next()
+    }
+
+    /// The header lines of a known kind.
+    pub fn headers_of(&self, kind: HeaderKind) -> impl Iterator<Item = Header<'a>> + '_ {
+        self.headers().filter(move |h| h.kind == kind)
+    }
+
+    pub(crate) fn entries(&self) -> &[HeaderEntry] {
+        &self.headers[..usize::from(self.header_count).min(MAX_HEADERS)]
+    }
+}
+
+fn addresses<'a, 'm>(buf: &'a [u8], list: &'m [ValueRef]) -> impl Iterator<Item = NameAddr<'a>> + 'm
+where
+    'a: 'm,
+{
+    list.iter().filter_map(move |v| NameAddr::parse(&buf[v.span.range()]).ok())
+}
+
+/// Iterator over header lines.
+pub struct Headers<'a, 'm> {
+    buf: &'a [u8],
+    entries: core::slice::Iter<'m, HeaderEntry>,
+}
+
+impl<'a> Iterator for Headers<'a, '_> {
+    type Item = Header<'a>;
+
+    fn next(&mut self) -> Option<Header<'a>> {
+        let e = self.entries.next()?;
+        Some(Header {
+            kind: e.kind,
+            name: &self.buf[e.name.range()],
+            value: &self.buf[e.value.range()],
+        })
+    }
+}
+
+/// Iterator over the raw values of a multi-value header.
+pub struct Values<'a, 'm> {
+    buf: &'a [u8],
+    items: core::slice::Iter<'m, ValueRef>,
+}
+
+impl<'a, 'm> Values<'a, 'm> {
+    fn new(buf: &'a [u8], items: &'m [ValueRef]) -> Self {
+        Values {
+            buf,
+            items: items.iter(),
+        }
+    }
+}
+
+impl<'a> Iterator for Values<'a, '_> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let v = self.items.next()?;
+        Some(&self.buf[v.span.range()])
+    }
+}
+
+impl ExactSizeIterator for Values<'_, '_> {}
+impl ExactSizeIterator for Headers<'_, '_> {}

@@ -1,0 +1,406 @@
+//! The one-pass scanner behind [`scan`](crate::scan).
+
+use crate::addr::NameAddr;
+use crate::error::{Error, ErrorKind, Mandatory};
+use crate::header::{HeaderKind, Method};
+use crate::lex::{self, CommaSplit};
+use crate::message::{CSeq, HeaderEntry, Message, Span, StartLine, ValueList, ValueRef};
+use crate::via::{Rport, Via};
+use crate::{Options, Status, MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
+
+/// Result of looking for the end of a line.
+enum Line {
+    /// `content_end` excludes the CR (if any) and LF; `next` follows the LF.
+    Found { content_end: usize, next: usize },
+    /// No LF before `limit`.
+    Missing,
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    /// Scanning never looks at or past this offset (message size limit).
+    limit: usize,
+    allow_bare_lf: bool,
+}
+
+impl Cursor<'_> {
+    #[inline]
+    fn line(&self, from: usize) -> Result<Line, Error> {
+        let window = &self.buf[from.min(self.limit)..self.limit];
+        let Some(lf) = memchr::memchr(b'\n', window) else {
+            return Ok(Line::Missing);
+        };
+        let lf = from + lf;
+        let content_end = if lf > from && self.buf[lf - 1] == b'\r' {
+            lf - 1
+        } else if self.allow_bare_lf {
+            lf
+        } else {
+            return Err(Error::new(ErrorKind::BareLineFeed, lf));
+        };
+        Ok(Line::Found {
+            content_end,
+            next: lf + 1,
+        })
+    }
+
+    /// `Partial` when the buffer simply ends, `TooLarge` when the limit cut it.
+    fn missing(&self, from: usize) -> Result<Status<'static>, Error> {
+        if self.limit < self.buf.len() {
+            Err(Error::new(ErrorKind::TooLarge, from))
+        } else {
+            Ok(Status::Partial)
+        }
+    }
+}
+
+pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result<Status<'a>, Error> {
+    let limits = &options.limits;
+    // Offsets are stored as u32; keep every offset below that.
+    let max_size = limits.max_message_size.min(u32::MAX as usize - 1);
+    let max_headers = limits.max_headers.min(MAX_HEADERS);
+    let max_vias = limits.max_vias.min(MAX_VIAS);
+    let max_routes = limits.max_routes.min(MAX_ROUTES);
+
+    // RFC 3261 §7.5: ignore line breaks before the start line.
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .ok_or(Error::new(ErrorKind::Empty, 0))?;
+    let limit = buf.len().min(start.saturating_add(max_size));
+    if !stream && buf.len() - start > max_size {
+        return Err(Error::new(ErrorKind::TooLarge, start));
+    }
+    let cur = Cursor {
+        buf,
+        limit,
+        allow_bare_lf: options.allow_bare_lf,
+    };
+
+    // Start line.
+    let Line::Found { content_end, next } = cur.line(start)? else {
+        return cur.missing(start);
+    };
+    let start_line = parse_start_line(&buf[start..content_end], start)?;
+    let start_line_span = Span::new(start, content_end);
+
+    let mut m = Message {
+        buf,
+        len: 0,
+        start_line,
+        start_line_span,
+        headers: [HeaderEntry::default(); MAX_HEADERS],
+        header_count: 0,
+        vias: ValueList::default(),
+        routes: ValueList::default(),
+        record_routes: ValueList::default(),
+        top_via: EMPTY_VIA,
+        call_id: &[],
+        cseq: CSeq {
+            seq: 0,
+            method: Method::Other(&[]),
+        },
+        from: EMPTY_ADDR,
+        to: EMPTY_ADDR,
+        max_forwards: None,
+        content_length: None,
+        content_type: None,
+        body_start: 0,
+    };
+    let mut seen = Seen::default();
+
+    // Header lines.
+    let mut line_start = next;
+    let body_start = loop {
+        let Line::Found { content_end, mut next } = cur.line(line_start)? else {
+            return cur.missing(line_start);
+        };
+        if content_end == line_start {
+            break next;
+        }
+        // Obsolete line folding: a line starting with SP/HT continues the
+        // previous one.
+        let mut value_end = content_end;
+        loop {
+            match buf.get(next) {
+                Some(b' ' | b'\t') if next < cur.limit => {}
+                Some(_) => break,
+                None => return cur.missing(next),
+            }
+            let Line::Found { content_end, next: after } = cur.line(next)? else {
+                return cur.missing(next);
+            };
+            value_end = content_end;
+            next = after;
+        }
+        let count = usize::from(m.header_count);
+        if count >= max_headers {
+            return Err(Error::new(ErrorKind::TooManyHeaders, line_start));
+        }
+        let entry = header_line(buf, line_start, value_end, next)?;
+        m.headers[count] = entry;
+        m.header_count += 1;
+        let value = &buf[entry.value.range()];
+        let vstart = entry.value.start as usize;
+        match entry.kind {
+            HeaderKind::Via => {
+                for (a, b) in CommaSplit::new(value) {
+                    let via = Via::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadVia, vstart + a))?;
+                    if m.vias.len == 0 {
+                        m.top_via = via;
+                    }
+                    push_value(&mut m.vias, max_vias, count, vstart + a, vstart + b, ErrorKind::TooManyVias)?;
+                }
+            }
+            HeaderKind::Route | HeaderKind::RecordRoute => {
+                let list = if entry.kind == HeaderKind::Route {
+                    &mut m.routes
+                } else {
+                    &mut m.record_routes
+                };
+                for (a, b) in CommaSplit::new(value) {
+                    NameAddr::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadRoute, vstart + a))?;
+                    push_value(list, max_routes, count, vstart + a, vstart + b, ErrorKind::TooManyRoutes)?;
+                }
+            }
+            HeaderKind::Contact => {
+                for (a, b) in CommaSplit::new(value) {
+                    let v = &value[a..b];
+                    if v != b"*" {
+                        NameAddr::parse(v).map_err(|_| Error::new(ErrorKind::BadContact, vstart + a))?;
+                    }
+                }
+            }
+            HeaderKind::CallId => {
+                once(&mut seen.call_id, vstart)?;
+                if value.is_empty() || value.iter().any(|&b| lex::is_lws(b) || b < b' ') {
+                    return Err(Error::new(ErrorKind::BadCallId, vstart));
+                }
+                m.call_id = value;
+            }
+            HeaderKind::CSeq => {
+                once(&mut seen.cseq, vstart)?;
+                m.cseq = parse_cseq(value).ok_or(Error::new(ErrorKind::BadCSeq, vstart))?;
+            }
+            HeaderKind::From => {
+                once(&mut seen.from, vstart)?;
+                m.from = NameAddr::parse(value).map_err(|_| Error::new(ErrorKind::BadFrom, vstart))?;
+            }
+            HeaderKind::To => {
+                once(&mut seen.to, vstart)?;
+                m.to = NameAddr::parse(value).map_err(|_| Error::new(ErrorKind::BadTo, vstart))?;
+            }
+            HeaderKind::MaxForwards => {
+                if m.max_forwards.is_some() {
+                    return Err(Error::new(ErrorKind::DuplicateHeader, vstart));
+                }
+                let n = lex::parse_u32(value, 3)
+                    .and_then(|n| u8::try_from(n).ok())
+                    .ok_or(Error::new(ErrorKind::BadMaxForwards, vstart))?;
+                m.max_forwards = Some((n, count as u8));
+            }
+            HeaderKind::ContentLength => {
+                let n = lex::parse_u32(value, 10).ok_or(Error::new(ErrorKind::BadContentLength, vstart))?;
+                if m.content_length.is_some_and(|old| old != n) {
+                    return Err(Error::new(ErrorKind::DuplicateHeader, vstart));
+                }
+                if n as usize > max_size {
+                    return Err(Error::new(ErrorKind::TooLarge, vstart));
+                }
+                m.content_length = Some(n);
+            }
+            HeaderKind::ContentType => {
+                if m.content_type.is_none() {
+                    m.content_type = Some(value);
+                }
+            }
+            _ => {}
+        }
+        line_start = next;
+    };
+
+    // Mandatory headers.
+    let missing = |what| Err(Error::new(ErrorKind::MissingHeader(what), body_start));
+    if m.vias.len == 0 {
+        return missing(Mandatory::Via);
+    }
+    if !seen.call_id {
+        return missing(Mandatory::CallId);
+    }
+    if !seen.cseq {
+        return missing(Mandatory::CSeq);
+    }
+    if !seen.from {
+        return missing(Mandatory::From);
+    }
+    if !seen.to {
+        return missing(Mandatory::To);
+    }
+    if let StartLine::Request { method, .. } = m.start_line {
+        if method != m.cseq.method {
+            return Err(Error::new(ErrorKind::CSeqMethodMismatch, start));
+        }
+    }
+
+    // Body.
+    let end = match m.content_length {
+        Some(n) => body_start + n as usize,
+        None if stream => return Err(Error::new(ErrorKind::MissingContentLength, start)),
+        None => buf.len(),
+    };
+    if end - start > max_size {
+        return Err(Error::new(ErrorKind::TooLarge, start));
+    }
+    if end > buf.len() {
+        return Ok(Status::Partial);
+    }
+    m.body_start = body_start as u32;
+    m.len = end as u32;
+    Ok(Status::Complete(m))
+}
+
+#[derive(Default)]
+struct Seen {
+    call_id: bool,
+    cseq: bool,
+    from: bool,
+    to: bool,
+}
+
+fn once(flag: &mut bool, at: usize) -> Result<(), Error> {
+    if *flag {
+        return Err(Error::new(ErrorKind::DuplicateHeader, at));
+    }
+    *flag = true;
+    Ok(())
+}
+
+const EMPTY_VIA: Via<'static> = Via {
+    value: &[],
+    transport_token: &[],
+    host: &[],
+    port: None,
+    branch: None,
+    received: None,
+    rport: Rport::Absent,
+    params: &[],
+};
+
+const EMPTY_ADDR: NameAddr<'static> = NameAddr {
+    display_name: None,
+    uri: &[],
+    bracketed: false,
+    params: &[],
+};
+
+fn push_value<const N: usize>(
+    list: &mut ValueList<N>,
+    max: usize,
+    header: usize,
+    start: usize,
+    end: usize,
+    too_many: ErrorKind,
+) -> Result<(), Error> {
+    let n = usize::from(list.len);
+    if n >= max || n >= N {
+        return Err(Error::new(too_many, start));
+    }
+    list.items[n] = ValueRef {
+        header: header as u8,
+        span: Span::new(start, end),
+    };
+    list.len += 1;
+    Ok(())
+}
+
+/// Splits `name HCOLON value` (RFC 3261 §7.3.1).
+fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<HeaderEntry, Error> {
+    let line = &buf[start..value_end];
+    let bad = Error::new(ErrorKind::BadHeader, start);
+    let colon = memchr::memchr(b':', line).ok_or(bad)?;
+    let mut name_end = colon;
+    while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
+        name_end -= 1;
+    }
+    let name = &line[..name_end];
+    if !lex::all_token(name) {
+        return Err(bad);
+    }
+    let mut a = colon + 1;
+    let mut b = line.len();
+    while a < b && lex::is_lws(line[a]) {
+        a += 1;
+    }
+    while b > a && lex::is_lws(line[b - 1]) {
+        b -= 1;
+    }
+    Ok(HeaderEntry {
+        kind: HeaderKind::classify(name),
+        line: Span::new(start, next),
+        name: Span::new(start, start + name_end),
+        value: Span::new(start + a, start + b),
+    })
+}
+
+fn parse_cseq(v: &[u8]) -> Option<CSeq<'_>> {
+    let digits_end = v.iter().position(|b| !b.is_ascii_digit())?;
+    let seq = lex::parse_u32(&v[..digits_end], 10).filter(|&n| n < 1 << 31)?;
+    let rest = &v[digits_end..];
+    let method = lex::trim(rest);
+    if method.len() == rest.len() || !lex::all_token(method) {
+        return None;
+    }
+    Some(CSeq {
+        seq,
+        method: Method::from_token(method),
+    })
+}
+
+fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
+    if line.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
+        return Err(Error::new(ErrorKind::BadStartLine, at));
+    }
+    if line.len() >= 4 && lex::eq_ic(&line[..4], b"SIP/") {
+        return parse_status_line(line, at);
+    }
+    let sp1 = memchr::memchr(b' ', line).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
+    let sp2 = memchr::memrchr(b' ', line).filter(|&i| i > sp1).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
+    let method = &line[..sp1];
+    if !lex::all_token(method) {
+        return Err(Error::new(ErrorKind::BadMethod, at));
+    }
+    let uri = &line[sp1 + 1..sp2];
+    if uri.is_empty() || uri.iter().any(|&b| b <= b' ') {
+        return Err(Error::new(ErrorKind::BadRequestUri, at + sp1 + 1));
+    }
+    let version = &line[sp2 + 1..];
+    if !lex::eq_ic(version, b"SIP/2.0") {
+        return Err(Error::new(ErrorKind::BadVersion, at + sp2 + 1));
+    }
+    Ok(StartLine::Request {
+        method: Method::from_token(method),
+        uri,
+        version,
+    })
+}
+
+fn parse_status_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
+    let sp = memchr::memchr(b' ', line).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
+    let version = &line[..sp];
+    if !lex::eq_ic(version, b"SIP/2.0") {
+        return Err(Error::new(ErrorKind::BadVersion, at));
+    }
+    let rest = &line[sp + 1..];
+    let code_end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+    let code = Some(&rest[..code_end])
+        .filter(|c| c.len() == 3)
+        .and_then(|c| lex::parse_u32(c, 3))
+        .filter(|c| (100..=699).contains(c))
+        .ok_or(Error::new(ErrorKind::BadStatusCode, at + sp + 1))?;
+    let reason = rest.get(code_end + 1..).unwrap_or_default();
+    Ok(StartLine::Response {
+        version,
+        code: code as u16,
+        reason,
+    })
+}

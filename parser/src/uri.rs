@@ -1,0 +1,236 @@
+//! SIP, SIPS and tel URIs over borrowed bytes (RFC 3261 §19.1, RFC 3966).
+//!
+//! Contract: [`Uri::parse`] checks the overall shape (scheme, optional
+//! userinfo, a non-empty host or IPv6 reference, an optional numeric port,
+//! parameters and headers) and returns slices of the input. It does not
+//! unescape `%XX` sequences, does not validate host names against DNS rules
+//! beyond the allowed characters, and does not interpret parameter values.
+
+use crate::error::{Error, ErrorKind};
+use crate::lex::{self, Params};
+
+/// The URI scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Sip,
+    Sips,
+    Tel,
+}
+
+/// A parsed URI. Every field borrows from the parsed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uri<'a> {
+    pub scheme: Scheme,
+    /// The user part (`sip:USER@host`), or the number of a `tel:` URI.
+    /// Still %-escaped. May contain user parameters (`+1234;npdi`).
+    pub user: Option<&'a [u8]>,
+    /// The password part (`sip:user:PASSWORD@host`), discouraged but legal.
+    pub password: Option<&'a [u8]>,
+    /// The host: a name, an IPv4 address, or an IPv6 reference with its
+    /// brackets (`[2001:db8::1]`). Empty for `tel:` URIs.
+    pub host: &'a [u8],
+    pub port: Option<u16>,
+    /// The raw parameter list, starting with `;`, or empty.
+    pub params: &'a [u8],
+    /// The raw header list after `?`, without the `?`, or empty.
+    pub headers: &'a [u8],
+}
+
+impl<'a> Uri<'a> {
+    /// Parses `s`, which must hold only the URI (no angle brackets, no
+    /// surrounding white space).
+    pub fn parse(s: &'a [u8]) -> Result<Uri<'a>, Error> {
+        let bad = Error::new(ErrorKind::BadUri, 0);
+        let colon = memchr::memchr(b':', s).ok_or(bad)?;
+        let scheme = match &s[..colon] {
+            x if lex::eq_ic(x, b"sip") => Scheme::Sip,
+            x if lex::eq_ic(x, b"sips") => Scheme::Sips,
+            x if lex::eq_ic(x, b"tel") => Scheme::Tel,
+            _ => return Err(bad),
+        };
+        let rest = &s[colon + 1..];
+        if rest.is_empty() || rest.iter().any(|&b| b <= b' ' || b == 0x7f) {
+            return Err(bad);
+        }
+        if scheme == Scheme::Tel {
+            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            if end == 0 {
+                return Err(bad);
+            }
+            return Ok(Uri {
+                scheme,
+                user: Some(&rest[..end]),
+                password: None,
+                host: &[],
+                port: None,
+                params: &rest[end..],
+                headers: &[],
+            });
+        }
+        // Headers start at the first '?', which cannot appear in the
+        // userinfo, host or parameters.
+        let (main, headers) = match memchr::memchr(b'?', rest) {
+            Some(q) => (&rest[..q], &rest[q + 1..]),
+            None => (rest, &[][..]),
+        };
+        // The userinfo ends at the last '@' (user may contain ';', '=', ...).
+        let (user, password, hostport) = match memchr::memrchr(b'@', main) {
+            Some(at) => {
+                let userinfo = &main[..at];
+                if userinfo.is_empty() {
+                    return Err(bad);
+                }
+                let (user, password) = match memchr::memchr(b':', userinfo) {
+                    Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
+                    None => (userinfo, None),
+                };
+                (Some(user), password, &main[at + 1..])
+            }
+            None => (None, None, main),
+        };
+        let (host, after_host) = split_host(hostport).ok_or(bad)?;
+        let (port, params) = match after_host.first() {
+            None => (None, &[][..]),
+            Some(b';') => (None, after_host),
+            Some(b':') => {
+                let p = &after_host[1..];
+                let end = memchr::memchr(b';', p).unwrap_or(p.len());
+                let port = lex::parse_u32(&p[..end], 5)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or(bad)?;
+                (Some(port), &p[end..])
+            }
+            Some(_) => return Err(bad),
+        };
+        Ok(Uri {
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            params,
+            headers,
+        })
+    }
+
+    /// Iterates over the URI parameters (`;lr`, `;transport=tcp`, ...).
+    pub fn param_iter(&self) -> Params<'a> {
+        Params::new(self.params)
+    }
+
+    /// The value of parameter `name` (case-insensitive); `Some(None)` for
+    /// a flag such as `lr`.
+    pub fn param(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
+        self.param_iter().value_of(name)
+    }
+
+    /// True when the URI carries the `lr` (loose routing) parameter.
+    pub fn is_loose_route(&self) -> bool {
+        self.param(b"lr").is_some()
+    }
+
+    /// The `transport` parameter, if any.
+    pub fn transport(&self) -> Option<&'a [u8]> {
+        self.param(b"transport").flatten()
+    }
+
+    /// The `maddr` parameter, if any.
+    pub fn maddr(&self) -> Option<&'a [u8]> {
+        self.param(b"maddr").flatten()
+    }
+}
+
+/// Splits `host[...]` off the front of `s`, returning the host and the rest
+/// (which starts with `:`, `;` or is empty).
+pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
+    if s.first() == Some(&b'[') {
+        let close = memchr::memchr(b']', s)?;
+        let inner = &s[1..close];
+        if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return None;
+        }
+        return Some((&s[..=close], &s[close + 1..]));
+    }
+    let end = s
+        .iter()
+        .position(|&b| b == b':' || b == b';')
+        .unwrap_or(s.len());
+    let host = &s[..end];
+    if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+        return None;
+    }
+    Some((host, &s[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_sip_uri() {
+        let u = Uri::parse(b"sip:alice:secret@atlanta.com:5061;transport=tcp;lr?subject=project&priority=urgent").unwrap();
+        assert_eq!(u.scheme, Scheme::Sip);
+        assert_eq!(u.user, Some(&b"alice"[..]));
+        assert_eq!(u.password, Some(&b"secret"[..]));
+        assert_eq!(u.host, b"atlanta.com");
+        assert_eq!(u.port, Some(5061));
+        assert_eq!(u.transport(), Some(&b"tcp"[..]));
+        assert!(u.is_loose_route());
+        assert_eq!(u.headers, b"subject=project&priority=urgent");
+    }
+
+    #[test]
+    fn rfc3261_examples() {
+        let u = Uri::parse(b"sips:1212@gateway.com").unwrap();
+        assert_eq!((u.scheme, u.user, u.host, u.port), (Scheme::Sips, Some(&b"1212"[..]), &b"gateway.com"[..], None));
+        let u = Uri::parse(b"sip:alice@192.0.2.4").unwrap();
+        assert_eq!(u.host, b"192.0.2.4");
+        let u = Uri::parse(b"sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com").unwrap();
+        assert_eq!(u.user, None);
+        assert_eq!(u.param(b"method"), Some(Some(&b"REGISTER"[..])));
+        assert_eq!(u.headers, b"to=alice%40atlanta.com");
+        let u = Uri::parse(b"sip:+1-212-555-1212:1234@gateway.com;user=phone").unwrap();
+        assert_eq!(u.user, Some(&b"+1-212-555-1212"[..]));
+        assert_eq!(u.password, Some(&b"1234"[..]));
+        let u = Uri::parse(b"sip:alice;day=tuesday@atlanta.com").unwrap();
+        assert_eq!(u.user, Some(&b"alice;day=tuesday"[..]));
+        assert_eq!(u.host, b"atlanta.com");
+    }
+
+    #[test]
+    fn ipv6_host() {
+        let u = Uri::parse(b"sip:bob@[2001:db8::10]:5070;maddr=[2001:db8::1]").unwrap();
+        assert_eq!(u.host, b"[2001:db8::10]");
+        assert_eq!(u.port, Some(5070));
+        assert_eq!(u.maddr(), Some(&b"[2001:db8::1]"[..]));
+        let u = Uri::parse(b"sip:[::1]").unwrap();
+        assert_eq!((u.host, u.port), (&b"[::1]"[..], None));
+    }
+
+    #[test]
+    fn tel_uri() {
+        let u = Uri::parse(b"tel:+358-555-1234567;postd=pp22").unwrap();
+        assert_eq!(u.scheme, Scheme::Tel);
+        assert_eq!(u.user, Some(&b"+358-555-1234567"[..]));
+        assert_eq!(u.param(b"postd"), Some(Some(&b"pp22"[..])));
+    }
+
+    #[test]
+    fn invalid() {
+        for bad in [
+            &b""[..],
+            b"sip:",
+            b"http://x",
+            b"sip:@host",
+            b"sip:host:99999",
+            b"sip:host:abc",
+            b"sip:[zz::1]",
+            b"sip:[::1",
+            b"sip:ho st",
+            b"sip:user@",
+            b"tel:",
+        ] {
+            assert!(Uri::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
