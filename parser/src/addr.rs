@@ -69,7 +69,11 @@ impl<'a> NameAddr<'a> {
         }
         let semi = memchr::memchr(b';', rest).unwrap_or(rest.len());
         let uri = lex::trim(&rest[..semi]);
-        if uri.is_empty() || uri.iter().any(|&b| lex::is_lws(b) || b == b'<' || b == b'>' || b == b'"') {
+        if uri.is_empty()
+            || uri
+                .iter()
+                .any(|&b| lex::is_lws(b) || b == b'<' || b == b'>' || b == b'"')
+        {
             return Err(bad);
         }
         Ok(NameAddr {
@@ -129,7 +133,10 @@ mod tests {
         assert_eq!(a.uri, b"sip:alice@atlanta.com");
         assert_eq!(a.tag(), Some(&b"1928301774"[..]));
         let a = NameAddr::parse(b"sip:carol@chicago.com;tag=887s").unwrap();
-        assert_eq!((a.uri, a.tag(), a.bracketed), (&b"sip:carol@chicago.com"[..], Some(&b"887s"[..]), false));
+        assert_eq!(
+            (a.uri, a.tag(), a.bracketed),
+            (&b"sip:carol@chicago.com"[..], Some(&b"887s"[..]), false)
+        );
         let a = NameAddr::parse(b"<sip:p1.example.com;lr>").unwrap();
         assert_eq!(a.uri, b"sip:p1.example.com;lr");
         assert!(a.parsed_uri().unwrap().is_loose_route());
@@ -140,7 +147,15 @@ mod tests {
 
     #[test]
     fn invalid() {
-        for bad in [&b""[..], b"<sip:a", b"\"unterminated <sip:a>", b"Name sip:a", b"<>", b"<sip:a> junk", b"<sip:a b>"] {
+        for bad in [
+            &b""[..],
+            b"<sip:a",
+            b"\"unterminated <sip:a>",
+            b"Name sip:a",
+            b"<>",
+            b"<sip:a> junk",
+            b"<sip:a b>",
+        ] {
             assert!(NameAddr::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }

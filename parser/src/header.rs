@@ -231,7 +231,17 @@ mod tests {
 
     #[test]
     fn methods_round_trip() {
-        for m in [&b"INVITE"[..], b"ACK", b"BYE", b"CANCEL", b"OPTIONS", b"REGISTER", b"PRACK", b"UPDATE", b"FOO"] {
+        for m in [
+            &b"INVITE"[..],
+            b"ACK",
+            b"BYE",
+            b"CANCEL",
+            b"OPTIONS",
+            b"REGISTER",
+            b"PRACK",
+            b"UPDATE",
+            b"FOO",
+        ] {
             assert_eq!(Method::from_token(m).as_bytes(), m);
         }
         assert_eq!(Method::from_token(b"invite"), Method::Other(b"invite"));

@@ -310,9 +310,7 @@ impl<'a> Message<'a> {
     /// The body: Content-Length bytes after the headers, or the rest of the
     /// datagram when Content-Length is absent.
     pub fn body(&self) -> &'a [u8] {
-        self.buf
-            .get(self.body_start as usize..self.len())
-            .unwrap_or_default()
+        self.buf.get(self.body_start as usize..self.len()).unwrap_or_default()
     }
 
     /// Offset of the body (the byte after the blank line).
@@ -365,7 +363,8 @@ fn addresses<'a, 'm>(buf: &'a [u8], list: &'m [ValueRef]) -> impl Iterator<Item 
 where
     'a: 'm,
 {
-    list.iter().filter_map(move |v| NameAddr::parse(&buf[v.span.range()]).ok())
+    list.iter()
+        .filter_map(move |v| NameAddr::parse(&buf[v.span.range()]).ok())
 }
 
 /// Iterator over header lines.

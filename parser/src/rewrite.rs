@@ -175,7 +175,11 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
     for edit in edits {
         match *edit {
             Edit::PrependVia(value) => {
-                let at = msg.vias.as_slice().first().map_or(after_vias, |v| line_of(v).start as usize);
+                let at = msg
+                    .vias
+                    .as_slice()
+                    .first()
+                    .map_or(after_vias, |v| line_of(v).start as usize);
                 add(at, at, [b"Via: ", value, b"\r\n", E])?;
             }
             Edit::RemoveTopVia => {

@@ -127,7 +127,11 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
                 Some(_) => break,
                 None => return cur.missing(next),
             }
-            let Line::Found { content_end, next: after } = cur.line(next)? else {
+            let Line::Found {
+                content_end,
+                next: after,
+            } = cur.line(next)?
+            else {
                 return cur.missing(next);
             };
             value_end = content_end;
@@ -149,7 +153,14 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
                     if m.vias.len == 0 {
                         m.top_via = via;
                     }
-                    push_value(&mut m.vias, max_vias, count, vstart + a, vstart + b, ErrorKind::TooManyVias)?;
+                    push_value(
+                        &mut m.vias,
+                        max_vias,
+                        count,
+                        vstart + a,
+                        vstart + b,
+                        ErrorKind::TooManyVias,
+                    )?;
                 }
             }
             HeaderKind::Route | HeaderKind::RecordRoute => {
@@ -160,7 +171,14 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
                 };
                 for (a, b) in CommaSplit::new(value) {
                     NameAddr::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadRoute, vstart + a))?;
-                    push_value(list, max_routes, count, vstart + a, vstart + b, ErrorKind::TooManyRoutes)?;
+                    push_value(
+                        list,
+                        max_routes,
+                        count,
+                        vstart + a,
+                        vstart + b,
+                        ErrorKind::TooManyRoutes,
+                    )?;
                 }
             }
             HeaderKind::Contact => {
@@ -209,11 +227,7 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
                 }
                 m.content_length = Some(n);
             }
-            HeaderKind::ContentType => {
-                if m.content_type.is_none() {
-                    m.content_type = Some(value);
-                }
-            }
+            HeaderKind::ContentType if m.content_type.is_none() => m.content_type = Some(value),
             _ => {}
         }
         line_start = next;
@@ -364,7 +378,9 @@ fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
         return parse_status_line(line, at);
     }
     let sp1 = memchr::memchr(b' ', line).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
-    let sp2 = memchr::memrchr(b' ', line).filter(|&i| i > sp1).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
+    let sp2 = memchr::memrchr(b' ', line)
+        .filter(|&i| i > sp1)
+        .ok_or(Error::new(ErrorKind::BadStartLine, at))?;
     let method = &line[..sp1];
     if !lex::all_token(method) {
         return Err(Error::new(ErrorKind::BadMethod, at));

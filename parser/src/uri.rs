@@ -151,12 +151,13 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s
-        .iter()
-        .position(|&b| b == b':' || b == b';')
-        .unwrap_or(s.len());
+    let end = s.iter().position(|&b| b == b':' || b == b';').unwrap_or(s.len());
     let host = &s[..end];
-    if host.is_empty() || !host.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_') {
+    if host.is_empty()
+        || !host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
         return None;
     }
     Some((host, &s[end..]))
@@ -168,7 +169,8 @@ mod tests {
 
     #[test]
     fn full_sip_uri() {
-        let u = Uri::parse(b"sip:alice:secret@atlanta.com:5061;transport=tcp;lr?subject=project&priority=urgent").unwrap();
+        let u =
+            Uri::parse(b"sip:alice:secret@atlanta.com:5061;transport=tcp;lr?subject=project&priority=urgent").unwrap();
         assert_eq!(u.scheme, Scheme::Sip);
         assert_eq!(u.user, Some(&b"alice"[..]));
         assert_eq!(u.password, Some(&b"secret"[..]));
@@ -182,7 +184,10 @@ mod tests {
     #[test]
     fn rfc3261_examples() {
         let u = Uri::parse(b"sips:1212@gateway.com").unwrap();
-        assert_eq!((u.scheme, u.user, u.host, u.port), (Scheme::Sips, Some(&b"1212"[..]), &b"gateway.com"[..], None));
+        assert_eq!(
+            (u.scheme, u.user, u.host, u.port),
+            (Scheme::Sips, Some(&b"1212"[..]), &b"gateway.com"[..], None)
+        );
         let u = Uri::parse(b"sip:alice@192.0.2.4").unwrap();
         assert_eq!(u.host, b"192.0.2.4");
         let u = Uri::parse(b"sip:atlanta.com;method=REGISTER?to=alice%40atlanta.com").unwrap();

@@ -130,11 +130,7 @@ impl<'a> Via<'a> {
             } else if lex::eq_ic(name, b"rport") {
                 via.rport = match v {
                     None => Rport::Requested,
-                    Some(p) => Rport::Value(
-                        lex::parse_u32(p, 5)
-                            .and_then(|n| u16::try_from(n).ok())
-                            .ok_or(bad)?,
-                    ),
+                    Some(p) => Rport::Value(lex::parse_u32(p, 5).and_then(|n| u16::try_from(n).ok()).ok_or(bad)?),
                 };
             }
         }

@@ -25,7 +25,12 @@ fn main() {
                 failed_reads = true;
                 eprintln!("sipscan: {file}: {e}");
                 let mut s = String::new();
-                let _ = write!(s, "{{\"file\":{},\"ok\":false,\"error\":{}}}", json(file.as_bytes()), json(format!("cannot read: {e}").as_bytes()));
+                let _ = write!(
+                    s,
+                    "{{\"file\":{},\"ok\":false,\"error\":{}}}",
+                    json(file.as_bytes()),
+                    json(format!("cannot read: {e}").as_bytes())
+                );
                 s
             }
         };
@@ -43,7 +48,12 @@ fn describe(file: &str, bytes: &[u8]) -> String {
             s.push('}');
         }
         Err(e) => {
-            let _ = write!(s, "{{\"file\":{},\"ok\":false,\"error\":{}}}", json(file.as_bytes()), json(e.to_string().as_bytes()));
+            let _ = write!(
+                s,
+                "{{\"file\":{},\"ok\":false,\"error\":{}}}",
+                json(file.as_bytes()),
+                json(e.to_string().as_bytes())
+            );
         }
     }
     s
