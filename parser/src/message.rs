@@ -107,7 +107,7 @@ pub struct Header<'a> {
 ///
 /// Built by [`scan`](crate::scan) and friends; see the crate docs for what a
 /// successful scan guarantees. All accessors are cheap and never panic.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Message<'a> {
     pub(crate) buf: &'a [u8],
     pub(crate) len: u32,
@@ -129,6 +129,24 @@ pub struct Message<'a> {
     pub(crate) content_type: Option<&'a [u8]>,
     /// Offset of the byte after the blank line that ends the headers.
     pub(crate) body_start: u32,
+}
+
+impl core::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        f.debug_struct("Message")
+            .field("start_line", &text(&self.buf[self.start_line_span.range()]))
+            .field(
+                "headers",
+                &self
+                    .headers()
+                    .map(|h| (text(h.name), text(h.value)))
+                    .collect::<Vec<_>>(),
+            )
+            .field("body_len", &self.body().len())
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 impl<'a> Message<'a> {
@@ -409,6 +427,3 @@ impl<'a> Iterator for Values<'a, '_> {
         Some(&self.buf[v.span.range()])
     }
 }
-
-impl ExactSizeIterator for Values<'_, '_> {}
-impl ExactSizeIterator for Headers<'_, '_> {}

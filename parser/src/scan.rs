@@ -170,7 +170,11 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
                     &mut m.record_routes
                 };
                 for (a, b) in CommaSplit::new(value) {
-                    NameAddr::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadRoute, vstart + a))?;
+                    // Route and Record-Route take the name-addr form only.
+                    let bad = Error::new(ErrorKind::BadRoute, vstart + a);
+                    if !NameAddr::parse(&value[a..b]).map_err(|_| bad)?.bracketed {
+                        return Err(bad);
+                    }
                     push_value(
                         list,
                         max_routes,

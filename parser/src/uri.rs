@@ -151,7 +151,10 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s.iter().position(|&b| b == b':' || b == b';').unwrap_or(s.len());
+    let end = s
+        .iter()
+        .position(|&b| b == b':' || b == b';' || lex::is_lws(b))
+        .unwrap_or(s.len());
     let host = &s[..end];
     if host.is_empty()
         || !host
