@@ -1,3 +1,17 @@
-//! siplb: a SIP load balancer. The engine is filled in by the balancer issue.
+//! siplb: a SIP load balancer for carrier edges.
+//!
+//! Layers, top down (dependencies point down only):
+//! - `main.rs` (the `siplb` binary): command line, logging, signals.
+//! - [`runtime`]: worker threads, sockets, timers, hand-off; the only place
+//!   with syscalls and `unsafe`.
+//! - [`admin`]: the JSON-RPC management API, on its own thread.
+//! - [`core`]: the sans-IO proxy (transactions, dialogs, failover). No
+//!   sockets, no clock, no threads: time and datagrams go in, datagrams and
+//!   timer deadlines come out.
+//! - [`lb`]: destinations and their lock-free load counters.
+//! - [`config`]: the TOML configuration.
+
+pub mod config;
+pub mod lb;
 
 pub use siplb_parser as parser;

@@ -1,0 +1,607 @@
+//! Destinations and their load: lock-free counters and `load_balance`.
+//!
+//! # Counters
+//! Every destination has, per resource it offers, a `load` and a `capacity`
+//! ([`Counter`], one cache line each). Workers share them through an
+//! `Arc<Table>` and touch them with atomics only:
+//! - selection reads `load`/`capacity` relaxed and picks a destination;
+//! - reservation bumps each requested resource's `load` with
+//!   compare-and-swap from the value selection saw; if another worker moved
+//!   it in between, what was reserved is rolled back and selection runs
+//!   again (bounded; contention only costs a retry);
+//! - release ([`Table::release`]) decrements with a saturating update; a
+//!   release that finds zero is a bug, counted in [`Table::underflows`]
+//!   instead of wrapping.
+//!
+//! A reservation is a [`Hold`]: plain data a dialog owns. The dialog gives
+//! it back exactly once, by `Option::take` on its hold (see `core`).
+//!
+//! # Selection (OpenSIPS `load_balance`)
+//! Eligible: in the group, enabled, offers every requested resource, not in
+//! the call's [`Tried`] set. Availability of a destination is the minimum
+//! over the requested resources of `capacity - load` or, with flag `r`,
+//! `100 - 100 * load / capacity`. The highest availability wins; ties go to
+//! the first in table order, or (flag `s`) to a random one among the tied.
+//! A best availability <= 0 means [`LbError::Full`] unless flag `n`, which
+//! accepts overloaded destinations.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use crate::config::Destination;
+
+/// Most distinct resource names in one configuration.
+pub const MAX_RESOURCES: usize = 32;
+/// Most destinations one call can try.
+pub const MAX_TRIES: usize = 8;
+
+/// A set of resource ids (bit i = resource i).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ResourceSet(u32);
+
+impl ResourceSet {
+    /// No resource.
+    pub const EMPTY: ResourceSet = ResourceSet(0);
+
+    /// This set plus resource `id` (ids >= [`MAX_RESOURCES`] are ignored).
+    pub fn with(self, id: usize) -> ResourceSet {
+        if id < MAX_RESOURCES {
+            ResourceSet(self.0 | 1 << id)
+        } else {
+            self
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// True when `id` is in the set.
+    pub fn contains(self, id: usize) -> bool {
+        id < MAX_RESOURCES && self.0 & (1 << id) != 0
+    }
+
+    /// The ids, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..MAX_RESOURCES).filter(move |&i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// `load_balance` flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `r`: relative availability (percent of capacity left).
+    pub relative: bool,
+    /// `n`: accept destinations with availability <= 0.
+    pub negative: bool,
+    /// `s`: random choice among tied destinations.
+    pub spread: bool,
+}
+
+impl Flags {
+    /// Parses a flag string such as `"rs"`; `None` on an unknown letter.
+    pub fn parse(s: &str) -> Option<Flags> {
+        let mut f = Flags::default();
+        for c in s.chars() {
+            match c {
+                'r' | 'R' => f.relative = true,
+                'n' | 'N' => f.negative = true,
+                's' | 'S' => f.spread = true,
+                _ => return None,
+            }
+        }
+        Some(f)
+    }
+}
+
+/// Destination indices a call has tried already.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tried {
+    idx: [u16; MAX_TRIES],
+    len: u8,
+}
+
+impl Tried {
+    /// Adds a destination index; returns false when full.
+    pub fn push(&mut self, dest: u16) -> bool {
+        match self.idx.get_mut(usize::from(self.len)) {
+            Some(slot) => {
+                *slot = dest;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// True when `dest` was tried.
+    pub fn contains(&self, dest: u16) -> bool {
+        self.idx[..usize::from(self.len)].contains(&dest)
+    }
+
+    /// How many were tried.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// True when none was tried.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Load reserved by one call on one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Destination index in the table.
+    pub dest: u16,
+    /// Resources reserved (one unit each).
+    pub resources: ResourceSet,
+}
+
+/// Why no destination was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LbError {
+    /// Eligible destinations exist but all are full.
+    #[error("every eligible destination is full")]
+    Full,
+    /// No destination is eligible (group empty, disabled, all tried).
+    #[error("no eligible destination")]
+    NoDestination,
+}
+
+/// One resource counter on one destination, alone on its cache line.
+#[repr(align(64))]
+#[derive(Debug)]
+pub struct Counter {
+    load: AtomicU32,
+    capacity: AtomicU32,
+}
+
+impl Counter {
+    /// Current load.
+    pub fn load(&self) -> u32 {
+        self.load.load(Ordering::Relaxed)
+    }
+
+    /// Current capacity.
+    pub fn capacity(&self) -> u32 {
+        self.capacity.load(Ordering::Relaxed)
+    }
+}
+
+/// A destination with its live state.
+#[derive(Debug)]
+pub struct DestState {
+    /// Configuration.
+    pub config: Destination,
+    /// Counter per resource id (`None` when not offered).
+    counters: Vec<Option<Counter>>,
+    enabled: AtomicBool,
+}
+
+impl DestState {
+    /// The counter of resource `rid`, if offered.
+    pub fn counter(&self, rid: usize) -> Option<&Counter> {
+        self.counters.get(rid).and_then(Option::as_ref)
+    }
+
+    /// True when enabled (neither disabled by config, admin, nor failure).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Enables or disables.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.config.addr
+    }
+
+    /// Availability over `set`, or `None` when a resource is not offered.
+    fn availability(&self, set: ResourceSet, relative: bool) -> Option<(i64, [u32; MAX_RESOURCES])> {
+        let mut seen = [0u32; MAX_RESOURCES];
+        let mut avail = i64::MAX;
+        for rid in set.iter() {
+            let c = self.counter(rid)?;
+            let load = c.load();
+            let cap = c.capacity();
+            seen[rid] = load;
+            let a = if relative {
+                if cap == 0 {
+                    0
+                } else {
+                    100 - (100 * i64::from(load)) / i64::from(cap)
+                }
+            } else {
+                i64::from(cap) - i64::from(load)
+            };
+            avail = avail.min(a);
+        }
+        Some((avail, seen))
+    }
+}
+
+/// All destinations; shared by the workers.
+#[derive(Debug)]
+pub struct Table {
+    dests: Vec<DestState>,
+    resource_names: Vec<String>,
+    underflows: AtomicU64,
+}
+
+impl Table {
+    /// Builds the table from validated destinations.
+    pub fn new(dests: &[Destination], resource_names: &[String]) -> Table {
+        let dests = dests
+            .iter()
+            .map(|d| {
+                let mut counters: Vec<Option<Counter>> = (0..resource_names.len()).map(|_| None).collect();
+                for &(rid, cap) in &d.resources {
+                    if let Some(slot) = counters.get_mut(rid) {
+                        *slot = Some(Counter {
+                            load: AtomicU32::new(0),
+                            capacity: AtomicU32::new(cap),
+                        });
+                    }
+                }
+                DestState {
+                    config: d.clone(),
+                    counters,
+                    enabled: AtomicBool::new(!d.disabled),
+                }
+            })
+            .collect();
+        Table {
+            dests,
+            resource_names: resource_names.to_vec(),
+            underflows: AtomicU64::new(0),
+        }
+    }
+
+    /// The destinations, in table order.
+    pub fn destinations(&self) -> &[DestState] {
+        &self.dests
+    }
+
+    /// Resource names by id.
+    pub fn resource_names(&self) -> &[String] {
+        &self.resource_names
+    }
+
+    /// Destination by index.
+    pub fn dest(&self, idx: u16) -> Option<&DestState> {
+        self.dests.get(usize::from(idx))
+    }
+
+    /// Index of the destination at `addr`, if any.
+    pub fn index_of_addr(&self, addr: SocketAddr) -> Option<u16> {
+        self.dests.iter().position(|d| d.config.addr == addr).map(|i| i as u16)
+    }
+
+    /// Releases that found a zero counter (a bug if ever non-zero).
+    pub fn underflows(&self) -> u64 {
+        self.underflows.load(Ordering::Relaxed)
+    }
+
+    /// Sets the capacity of a resource on a destination (admin `lb_resize`).
+    pub fn resize(&self, dest: u16, rid: usize, capacity: u32) -> bool {
+        match self.dest(dest).and_then(|d| d.counter(rid)) {
+            Some(c) => {
+                c.capacity.store(capacity, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Chooses a destination and reserves one unit of every resource in
+    /// `set` on it. `random(n)` must return a value in `0..n` (used for
+    /// flag `s` only).
+    pub fn load_balance(
+        &self,
+        group: u32,
+        set: ResourceSet,
+        flags: Flags,
+        tried: &Tried,
+        random: &mut dyn FnMut(usize) -> usize,
+    ) -> Result<Hold, LbError> {
+        'retry: for _ in 0..64 {
+            let mut best: Option<(i64, u16, [u32; MAX_RESOURCES])> = None;
+            let mut ties = 0usize;
+            let mut eligible = false;
+            for (i, d) in self.dests.iter().enumerate() {
+                let idx = i as u16;
+                if d.config.group != group || !d.enabled() || tried.contains(idx) {
+                    continue;
+                }
+                let Some((avail, seen)) = d.availability(set, flags.relative) else {
+                    continue;
+                };
+                eligible = true;
+                if avail <= 0 && !flags.negative {
+                    continue;
+                }
+                match best {
+                    Some((b, _, _)) if avail < b => {}
+                    Some((b, _, _)) if avail == b => {
+                        ties += 1;
+                        // Reservoir sampling: each tied one wins with equal odds.
+                        if flags.spread && random(ties) == 0 {
+                            best = Some((avail, idx, seen));
+                        }
+                    }
+                    _ => {
+                        best = Some((avail, idx, seen));
+                        ties = 1;
+                    }
+                }
+            }
+            let Some((_, idx, seen)) = best else {
+                return Err(if eligible {
+                    LbError::Full
+                } else {
+                    LbError::NoDestination
+                });
+            };
+            let d = &self.dests[usize::from(idx)];
+            let mut done = ResourceSet::EMPTY;
+            for rid in set.iter() {
+                let Some(c) = d.counter(rid) else {
+                    continue 'retry;
+                };
+                let cap = c.capacity();
+                let expected = seen[rid];
+                let fits = flags.negative || expected < cap;
+                if !fits
+                    || c.load
+                        .compare_exchange(expected, expected + 1, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_err()
+                {
+                    self.release(Hold {
+                        dest: idx,
+                        resources: done,
+                    });
+                    continue 'retry;
+                }
+                done = done.with(rid);
+            }
+            return Ok(Hold {
+                dest: idx,
+                resources: set,
+            });
+        }
+        Err(LbError::Full)
+    }
+
+    /// Gives back one unit of each resource of `hold`. Saturating: a counter
+    /// at zero stays at zero and the event is counted in [`Table::underflows`].
+    pub fn release(&self, hold: Hold) {
+        let Some(d) = self.dest(hold.dest) else {
+            return;
+        };
+        for rid in hold.resources.iter() {
+            if let Some(c) = d.counter(rid) {
+                if c.load
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |v| v.checked_sub(1))
+                    .is_err()
+                {
+                    self.underflows.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Adds one unit of each resource without a capacity check (OpenSIPS
+    /// `lb_count_call`: calls from a destination count as load on it).
+    pub fn count_call(&self, dest: u16, set: ResourceSet) -> Option<Hold> {
+        let d = self.dest(dest)?;
+        let mut held = ResourceSet::EMPTY;
+        for rid in set.iter() {
+            if let Some(c) = d.counter(rid) {
+                c.load.fetch_add(1, Ordering::AcqRel);
+                held = held.with(rid);
+            }
+        }
+        Some(Hold { dest, resources: held })
+    }
+
+    /// Sum of all loads (zero when no call is held).
+    pub fn total_load(&self) -> u64 {
+        self.dests
+            .iter()
+            .flat_map(|d| d.counters.iter().flatten())
+            .map(|c| u64::from(c.load()))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn table(dests: &[(u32, u32, &str)]) -> Table {
+        let mut text = String::from("[server]\nlisten = [\"127.0.0.1:5060\"]\n");
+        for (i, (id, group, res)) in dests.iter().enumerate() {
+            text.push_str(&format!(
+                "[[destinations]]\nid = {id}\ngroup = {group}\nuri = \"sip:127.0.0.1:{}\"\nresources = \"{res}\"\n",
+                6000 + i
+            ));
+        }
+        let c = Config::parse(&text).unwrap();
+        Table::new(&c.destinations, &c.resource_names)
+    }
+
+    fn set(t: &Table, names: &[&str]) -> ResourceSet {
+        names.iter().fold(ResourceSet::EMPTY, |s, n| {
+            s.with(t.resource_names().iter().position(|x| x == n).unwrap())
+        })
+    }
+
+    fn first(_: usize) -> usize {
+        1
+    }
+
+    fn pick(t: &Table, g: u32, s: ResourceSet, f: &str) -> Result<u16, LbError> {
+        t.load_balance(g, s, Flags::parse(f).unwrap(), &Tried::default(), &mut first)
+            .map(|h| h.dest)
+    }
+
+    fn load(t: &Table, dest: u16, rid: usize) -> u32 {
+        t.dest(dest).unwrap().counter(rid).unwrap().load()
+    }
+
+    #[test]
+    fn highest_absolute_availability_wins_and_ties_go_first() {
+        let t = table(&[(1, 1, "pstn=2"), (2, 1, "pstn=3"), (3, 2, "pstn=10")]);
+        let s = set(&t, &["pstn"]);
+        // avail 2 vs 3: dest 1 (index 1).
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        // now 2 vs 2: tie, first in table order.
+        assert_eq!(pick(&t, 1, s, ""), Ok(0));
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        assert_eq!(pick(&t, 1, s, ""), Ok(0));
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        assert_eq!(pick(&t, 1, s, ""), Err(LbError::Full));
+        assert_eq!((load(&t, 0, 0), load(&t, 1, 0)), (2, 3));
+        // the other group is untouched
+        assert_eq!(load(&t, 2, 0), 0);
+    }
+
+    #[test]
+    fn relative_availability() {
+        let t = table(&[(1, 1, "pstn=10"), (2, 1, "pstn=100")]);
+        let s = set(&t, &["pstn"]);
+        let one = Hold { dest: 0, resources: s };
+        let _ = t.count_call(0, s);
+        assert_eq!(load(&t, 0, 0), 1);
+        // absolute: 9 vs 100 -> index 1; relative: 90 vs 100 -> index 1
+        assert_eq!(pick(&t, 1, s, "r"), Ok(1));
+        for _ in 0..9 {
+            let _ = t.count_call(1, s);
+        }
+        // relative: 90 vs 90 -> tie -> first; absolute would be 9 vs 90.
+        assert_eq!(pick(&t, 1, s, "r"), Ok(0));
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        t.release(one);
+    }
+
+    #[test]
+    fn multiple_resources_use_the_minimum_and_require_all() {
+        let t = table(&[(1, 1, "pstn=5;vm=1"), (2, 1, "pstn=2;vm=9"), (3, 1, "pstn=50")]);
+        let both = set(&t, &["pstn", "vm"]);
+        // dest 1: min(5,1)=1, dest 2: min(2,9)=2 -> index 1; dest 3 lacks vm.
+        assert_eq!(pick(&t, 1, both, ""), Ok(1));
+        assert_eq!((load(&t, 1, 0), load(&t, 1, 1)), (1, 1));
+        assert_eq!(pick(&t, 1, both, ""), Ok(0));
+        assert_eq!(pick(&t, 1, both, ""), Ok(1));
+        assert_eq!(pick(&t, 1, both, ""), Err(LbError::Full));
+        let vm = set(&t, &["vm"]);
+        assert_eq!(pick(&t, 1, vm, ""), Ok(1));
+    }
+
+    #[test]
+    fn negative_flag_overbooks_and_none_eligible() {
+        let t = table(&[(1, 1, "pstn=1"), (2, 1, "pstn=1")]);
+        let s = set(&t, &["pstn"]);
+        assert_eq!(pick(&t, 1, s, ""), Ok(0));
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        assert_eq!(pick(&t, 1, s, ""), Err(LbError::Full));
+        assert_eq!(pick(&t, 1, s, "n"), Ok(0));
+        assert_eq!(load(&t, 0, 0), 2);
+        assert_eq!(pick(&t, 9, s, ""), Err(LbError::NoDestination));
+        t.dest(0).unwrap().set_enabled(false);
+        t.dest(1).unwrap().set_enabled(false);
+        assert_eq!(pick(&t, 1, s, "n"), Err(LbError::NoDestination));
+    }
+
+    #[test]
+    fn tried_destinations_are_excluded() {
+        let t = table(&[(1, 1, "pstn=10"), (2, 1, "pstn=5")]);
+        let s = set(&t, &["pstn"]);
+        let mut tried = Tried::default();
+        tried.push(0);
+        let h = t.load_balance(1, s, Flags::default(), &tried, &mut first).unwrap();
+        assert_eq!(h.dest, 1);
+        tried.push(1);
+        assert_eq!(
+            t.load_balance(1, s, Flags::default(), &tried, &mut first),
+            Err(LbError::NoDestination)
+        );
+        t.release(h);
+        assert_eq!(t.total_load(), 0);
+    }
+
+    #[test]
+    fn spread_flag_picks_among_ties() {
+        let t = table(&[(1, 1, "pstn=100"), (2, 1, "pstn=100"), (3, 1, "pstn=100")]);
+        let s = set(&t, &["pstn"]);
+        let mut seen = [0; 3];
+        let mut rng = 12345u64;
+        let mut random = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        for _ in 0..300 {
+            let h = t
+                .load_balance(1, s, Flags::parse("s").unwrap(), &Tried::default(), &mut random)
+                .unwrap();
+            seen[usize::from(h.dest)] += 1;
+            t.release(h);
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        assert_eq!(t.total_load(), 0);
+    }
+
+    #[test]
+    fn release_saturates_and_counts() {
+        let t = table(&[(1, 1, "pstn=1")]);
+        let s = set(&t, &["pstn"]);
+        t.release(Hold { dest: 0, resources: s });
+        assert_eq!(load(&t, 0, 0), 0);
+        assert_eq!(t.underflows(), 1);
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_capacity() {
+        let t = std::sync::Arc::new(table(&[(1, 1, "pstn=1000"), (2, 1, "pstn=1000")]));
+        let s = set(&t, &["pstn"]);
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let mut got = 0;
+                    while t
+                        .load_balance(1, s, Flags::default(), &Tried::default(), &mut first)
+                        .is_ok()
+                    {
+                        got += 1;
+                    }
+                    got
+                })
+            })
+            .collect();
+        let total: u32 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(total, 2000);
+        assert_eq!(load(&t, 0, 0) + load(&t, 1, 0), 2000);
+        for d in 0..2 {
+            for _ in 0..1000 {
+                t.release(Hold { dest: d, resources: s });
+            }
+        }
+        assert_eq!(t.total_load(), 0);
+        assert_eq!(t.underflows(), 0);
+    }
+
+    #[test]
+    fn counters_are_cache_line_sized() {
+        assert_eq!(std::mem::align_of::<Counter>(), 64);
+    }
+}
