@@ -34,7 +34,7 @@ impl<'a> NameAddr<'a> {
             return Err(bad);
         }
         let (display_name, after_name) = if s[0] == b'"' {
-            let end = closing_quote(s).ok_or(bad)?;
+            let end = lex::closing_quote(s, 0).ok_or(bad)?;
             (Some(&s[..=end]), &s[end + 1..])
         } else {
             match memchr::memchr(b'<', s) {
@@ -103,19 +103,6 @@ impl<'a> NameAddr<'a> {
     pub fn parsed_uri(&self) -> Result<Uri<'a>, Error> {
         Uri::parse(self.uri)
     }
-}
-
-/// Offset of the quote that closes the quoted string starting at `s[0]`.
-fn closing_quote(s: &[u8]) -> Option<usize> {
-    let mut i = 1;
-    while i < s.len() {
-        match s[i] {
-            b'\\' => i += 2,
-            b'"' => return Some(i),
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 #[cfg(test)]

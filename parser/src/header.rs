@@ -39,6 +39,9 @@ impl HeaderKind {
     /// Classifies a header name, case-insensitively, including RFC 3261
     /// §7.3.3 compact forms and later registered ones.
     pub fn classify(name: &[u8]) -> HeaderKind {
+        if name.is_empty() {
+            return HeaderKind::Other;
+        }
         if name.len() == 1 {
             return match name[0] | 0x20 {
                 b'v' => HeaderKind::Via,
@@ -63,40 +66,39 @@ impl HeaderKind {
                 _ => HeaderKind::Other,
             };
         }
-        let candidates: &[(&[u8], HeaderKind)] = match name.len() {
-            2 => &[(b"To", HeaderKind::To)],
-            3 => &[(b"Via", HeaderKind::Via)],
-            4 => &[(b"From", HeaderKind::From), (b"CSeq", HeaderKind::CSeq)],
-            5 => &[(b"Route", HeaderKind::Route), (b"Event", HeaderKind::Event)],
-            7 => &[
-                (b"Call-ID", HeaderKind::CallId),
-                (b"Contact", HeaderKind::Contact),
-                (b"Subject", HeaderKind::Subject),
-                (b"Expires", HeaderKind::Expires),
-            ],
-            8 => &[(b"Refer-To", HeaderKind::ReferTo), (b"Identity", HeaderKind::Identity)],
-            9 => &[(b"Supported", HeaderKind::Supported)],
-            11 => &[(b"Referred-By", HeaderKind::ReferredBy)],
-            12 => &[
-                (b"Record-Route", HeaderKind::RecordRoute),
-                (b"Max-Forwards", HeaderKind::MaxForwards),
-                (b"Content-Type", HeaderKind::ContentType),
-                (b"Allow-Events", HeaderKind::AllowEvents),
-            ],
-            14 => &[
-                (b"Content-Length", HeaderKind::ContentLength),
-                (b"Accept-Contact", HeaderKind::AcceptContact),
-                (b"Reject-Contact", HeaderKind::RejectContact),
-            ],
-            15 => &[(b"Session-Expires", HeaderKind::SessionExpires)],
-            16 => &[(b"Content-Encoding", HeaderKind::ContentEncoding)],
-            19 => &[(b"Request-Disposition", HeaderKind::RequestDisposition)],
-            _ => &[],
+        // One candidate per (length, first letter): a single comparison.
+        let (long, kind): (&[u8], HeaderKind) = match (name.len(), name[0] | 0x20) {
+            (2, b't') => (b"To", HeaderKind::To),
+            (3, b'v') => (b"Via", HeaderKind::Via),
+            (4, b'f') => (b"From", HeaderKind::From),
+            (4, b'c') => (b"CSeq", HeaderKind::CSeq),
+            (5, b'r') => (b"Route", HeaderKind::Route),
+            (5, b'e') => (b"Event", HeaderKind::Event),
+            (7, b'c') if name[1] | 0x20 == b'a' => (b"Call-ID", HeaderKind::CallId),
+            (7, b'c') => (b"Contact", HeaderKind::Contact),
+            (7, b's') => (b"Subject", HeaderKind::Subject),
+            (7, b'e') => (b"Expires", HeaderKind::Expires),
+            (8, b'r') => (b"Refer-To", HeaderKind::ReferTo),
+            (8, b'i') => (b"Identity", HeaderKind::Identity),
+            (9, b's') => (b"Supported", HeaderKind::Supported),
+            (11, b'r') => (b"Referred-By", HeaderKind::ReferredBy),
+            (12, b'r') => (b"Record-Route", HeaderKind::RecordRoute),
+            (12, b'm') => (b"Max-Forwards", HeaderKind::MaxForwards),
+            (12, b'c') => (b"Content-Type", HeaderKind::ContentType),
+            (12, b'a') => (b"Allow-Events", HeaderKind::AllowEvents),
+            (14, b'c') => (b"Content-Length", HeaderKind::ContentLength),
+            (14, b'a') => (b"Accept-Contact", HeaderKind::AcceptContact),
+            (14, b'r') => (b"Reject-Contact", HeaderKind::RejectContact),
+            (15, b's') => (b"Session-Expires", HeaderKind::SessionExpires),
+            (16, b'c') => (b"Content-Encoding", HeaderKind::ContentEncoding),
+            (19, b'r') => (b"Request-Disposition", HeaderKind::RequestDisposition),
+            _ => return HeaderKind::Other,
         };
-        candidates
-            .iter()
-            .find(|(n, _)| lex::eq_ic(n, name))
-            .map_or(HeaderKind::Other, |&(_, k)| k)
+        if lex::eq_ic(long, name) {
+            kind
+        } else {
+            HeaderKind::Other
+        }
     }
 
     /// The canonical (long) name, or `None` for [`HeaderKind::Other`].

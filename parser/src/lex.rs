@@ -4,11 +4,23 @@
 //! none of them allocates or panics on any input.
 
 /// RFC 3261 `token` characters: alphanum and `-.!%*_+`'~`.
+#[inline]
 pub(crate) const fn is_token(b: u8) -> bool {
-    matches!(b,
-        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
-        | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~')
+    TOKEN[b as usize]
 }
+
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = matches!(b,
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+            | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+        i += 1;
+    }
+    t
+};
 
 /// Linear white space as it appears inside a (possibly folded) header value.
 pub(crate) const fn is_lws(b: u8) -> bool {
@@ -61,33 +73,29 @@ pub(crate) fn parse_u32(s: &[u8], max_digits: usize) -> Option<u32> {
 
 /// Finds the next separator `sep` at nesting depth zero: outside quoted
 /// strings (with backslash escapes) and outside `<...>`. Returns its offset.
+/// An unterminated quote or angle bracket hides the rest of the input.
 pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
-    let mut in_quotes = false;
-    let mut in_angle = false;
     let mut i = from;
-    while i < s.len() {
-        let b = s[i];
-        if in_quotes {
-            match b {
-                b'\\' => i += 1,
-                b'"' => in_quotes = false,
-                _ => {}
-            }
-        } else if in_angle {
-            if b == b'>' {
-                in_angle = false;
-            }
-        } else {
-            match b {
-                b'"' => in_quotes = true,
-                b'<' => in_angle = true,
-                _ if b == sep => return Some(i),
-                _ => {}
-            }
+    loop {
+        let j = i + memchr::memchr3(sep, b'"', b'<', s.get(i..)?)?;
+        match s[j] {
+            b if b == sep => return Some(j),
+            b'"' => i = closing_quote(s, j)? + 1,
+            _ => i = j + 1 + memchr::memchr(b'>', &s[j + 1..])? + 1,
         }
-        i += 1;
     }
-    None
+}
+
+/// Offset of the `"` closing the quoted string that opens at `s[open]`.
+pub(crate) fn closing_quote(s: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        let j = i + memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        if s[j] == b'"' {
+            return Some(j);
+        }
+        i = j + 2;
+    }
 }
 
 /// Iterator over the comma-separated values of one header value, as

@@ -332,16 +332,17 @@ fn push_value<const N: usize>(
 }
 
 /// Splits `name HCOLON value` (RFC 3261 §7.3.1).
+#[inline]
 fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<HeaderEntry, Error> {
     let line = &buf[start..value_end];
     let bad = Error::new(ErrorKind::BadHeader, start);
-    let colon = memchr::memchr(b':', line).ok_or(bad)?;
-    let mut name_end = colon;
-    while name_end > 0 && matches!(line[name_end - 1], b' ' | b'\t') {
-        name_end -= 1;
+    // One pass over the name: token characters, then optional blanks, then ':'.
+    let name_end = line.iter().position(|&b| !lex::is_token(b)).ok_or(bad)?;
+    let mut colon = name_end;
+    while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
+        colon += 1;
     }
-    let name = &line[..name_end];
-    if !lex::all_token(name) {
+    if name_end == 0 || line.get(colon) != Some(&b':') {
         return Err(bad);
     }
     let mut a = colon + 1;
@@ -353,7 +354,7 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
         b -= 1;
     }
     Ok(HeaderEntry {
-        kind: HeaderKind::classify(name),
+        kind: HeaderKind::classify(&line[..name_end]),
         line: Span::new(start, next),
         name: Span::new(start, start + name_end),
         value: Span::new(start + a, start + b),

@@ -8,7 +8,10 @@ fn data(name: &str) -> String {
 }
 
 fn run(files: &[String]) -> (i32, Vec<Value>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sipscan")).args(files).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sipscan"))
+        .args(files)
+        .output()
+        .unwrap();
     let lines = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
