@@ -165,17 +165,32 @@ impl<'a> Iterator for Params<'a> {
     type Item = (&'a [u8], Option<&'a [u8]>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        let s = self.s;
         loop {
-            if self.pos >= self.s.len() {
+            if self.pos >= s.len() {
                 return None;
             }
+            // One pass: note the first '=', stop at ';' outside quotes.
             let start = self.pos;
-            let end = find_unquoted(self.s, start, b';').unwrap_or(self.s.len());
+            let mut eq = None;
+            let mut i = start;
+            while i < s.len() {
+                match s[i] {
+                    b';' => break,
+                    b'=' if eq.is_none() => eq = Some(i),
+                    b'"' => match closing_quote(s, i) {
+                        Some(close) => i = close,
+                        None => i = s.len() - 1,
+                    },
+                    _ => {}
+                }
+                i += 1;
+            }
+            let end = i.min(s.len());
             self.pos = end + 1;
-            let item = &self.s[start..end];
-            let (name, value) = match memchr::memchr(b'=', item) {
-                Some(eq) => (trim(&item[..eq]), Some(trim(&item[eq + 1..]))),
-                None => (trim(item), None),
+            let (name, value) = match eq {
+                Some(eq) => (trim(&s[start..eq]), Some(trim(&s[eq + 1..end]))),
+                None => (trim(&s[start..end]), None),
             };
             if !name.is_empty() {
                 return Some((name, value));

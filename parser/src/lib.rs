@@ -29,14 +29,16 @@
 //! reason` with a code in 100..=699). Every header line has a token name and
 //! a colon. The mandatory headers Via, Call-ID, CSeq, From and To are present;
 //! Call-ID, CSeq, From, To and Max-Forwards appear at most once. Every Via
-//! value parses as a [`Via`], every Route, Record-Route and Contact value as a
-//! [`NameAddr`] (or `*` for Contact), From and To as [`NameAddr`], CSeq as a
+//! value parses as a [`Via`], every Route and Record-Route value as a
+//! bracketed [`NameAddr`], From and To as [`NameAddr`], CSeq as a
 //! number below 2^31 and a method equal to the request method, Max-Forwards
 //! as a number in 0..=255, Content-Length as a number. The counts of headers,
 //! Via values and Route/Record-Route values are within [`Limits`], and the
 //! message is at most [`Limits::max_message_size`] bytes.
 //!
-//! **What it does not check.** URIs (the Request-URI and those inside
+//! **What it does not check.** Contact values are split and parsed only
+//! when [`Message::contacts`] is called (a proxy relays them untouched);
+//! values that do not parse are skipped there. URIs (the Request-URI and those inside
 //! addresses) are not parsed by the scan: call [`Uri::parse`] when you need
 //! their parts. Header values other than those above are not validated
 //! (control characters in an unknown header pass). `%` escapes are not
@@ -146,21 +148,25 @@ pub enum Status<'a> {
 
 /// Scans `buf` with default [`Options`]; see the crate docs for framing.
 pub fn scan(buf: &[u8]) -> Result<Status<'_>, Error> {
-    scan::scan(buf, &Options::default(), false)
+    scan_with(buf, &Options::default())
+}
+
+/// [`scan`] with explicit options.
+pub fn scan_with<'a>(buf: &'a [u8], options: &Options) -> Result<Status<'a>, Error> {
+    framed(scan::scan(buf, options, false))
 }
 
 /// Scans one UDP datagram with default [`Options`]: a message that is not
 /// all there is an [`ErrorKind::Truncated`] error.
+#[inline]
 pub fn scan_datagram(buf: &[u8]) -> Result<Message<'_>, Error> {
-    scan_datagram_with(buf, &Options::default())
+    scan::scan(buf, &Options::default(), false)
 }
 
 /// [`scan_datagram`] with explicit options.
+#[inline]
 pub fn scan_datagram_with<'a>(buf: &'a [u8], options: &Options) -> Result<Message<'a>, Error> {
-    match scan::scan(buf, options, false)? {
-        Status::Complete(m) => Ok(m),
-        Status::Partial => Err(Error::new(ErrorKind::Truncated, buf.len())),
-    }
+    scan::scan(buf, options, false)
 }
 
 /// Scans the front of a stream buffer (TCP/TLS) with default [`Options`]:
@@ -171,10 +177,16 @@ pub fn scan_stream(buf: &[u8]) -> Result<Status<'_>, Error> {
 
 /// [`scan_stream`] with explicit options.
 pub fn scan_stream_with<'a>(buf: &'a [u8], options: &Options) -> Result<Status<'a>, Error> {
-    scan::scan(buf, options, true)
+    framed(scan::scan(buf, options, true))
 }
 
-/// [`scan`] with explicit options.
-pub fn scan_with<'a>(buf: &'a [u8], options: &Options) -> Result<Status<'a>, Error> {
-    scan::scan(buf, options, false)
+fn framed(result: Result<Message<'_>, Error>) -> Result<Status<'_>, Error> {
+    match result {
+        Ok(m) => Ok(Status::Complete(m)),
+        Err(Error {
+            kind: ErrorKind::Truncated,
+            ..
+        }) => Ok(Status::Partial),
+        Err(e) => Err(e),
+    }
 }

@@ -6,7 +6,7 @@ use crate::header::{HeaderKind, Method};
 use crate::lex::{self, CommaSplit};
 use crate::message::{CSeq, HeaderEntry, Message, Span, StartLine, ValueList, ValueRef};
 use crate::via::{Rport, Via};
-use crate::{Options, Status, MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
+use crate::{Options, MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
 
 /// Result of looking for the end of a line.
 enum Line {
@@ -21,16 +21,22 @@ struct Cursor<'a> {
     /// Scanning never looks at or past this offset (message size limit).
     limit: usize,
     allow_bare_lf: bool,
+    /// Successive LFs of `buf[base..limit]`: lines are read in order, so one
+    /// SIMD search feeds them all instead of a search per line.
+    lfs: memchr::Memchr<'a>,
+    base: usize,
 }
 
 impl Cursor<'_> {
+    /// The next line, which must start at `from` (the byte after the
+    /// previous line's LF, or the start line).
     #[inline]
-    fn line(&self, from: usize) -> Result<Line, Error> {
-        let window = &self.buf[from.min(self.limit)..self.limit];
-        let Some(lf) = memchr::memchr(b'\n', window) else {
+    fn line(&mut self, from: usize) -> Result<Line, Error> {
+        let Some(lf) = self.lfs.next() else {
             return Ok(Line::Missing);
         };
-        let lf = from + lf;
+        let lf = self.base + lf;
+        debug_assert!(lf >= from);
         let content_end = if lf > from && self.buf[lf - 1] == b'\r' {
             lf - 1
         } else if self.allow_bare_lf {
@@ -44,17 +50,22 @@ impl Cursor<'_> {
         })
     }
 
-    /// `Partial` when the buffer simply ends, `TooLarge` when the limit cut it.
-    fn missing(&self, from: usize) -> Result<Status<'static>, Error> {
+    /// `Truncated` (partial on streams) when the buffer simply ends,
+    /// `TooLarge` when the limit cut it.
+    fn missing(&self, from: usize) -> Error {
         if self.limit < self.buf.len() {
-            Err(Error::new(ErrorKind::TooLarge, from))
+            Error::new(ErrorKind::TooLarge, from)
         } else {
-            Ok(Status::Partial)
+            Error::new(ErrorKind::Truncated, self.buf.len())
         }
     }
 }
 
-pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result<Status<'a>, Error> {
+/// Scans one message. An incomplete message is reported as
+/// [`ErrorKind::Truncated`]; the stream entry points turn that into
+/// [`Status::Partial`](crate::Status). Returning the view directly (rather
+/// than inside a `Status`) lets the datagram path avoid copying it.
+pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result<Message<'a>, Error> {
     let limits = &options.limits;
     // Offsets are stored as u32; keep every offset below that.
     let max_size = limits.max_message_size.min(u32::MAX as usize - 1);
@@ -71,15 +82,17 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
     if !stream && buf.len() - start > max_size {
         return Err(Error::new(ErrorKind::TooLarge, start));
     }
-    let cur = Cursor {
+    let mut cur = Cursor {
         buf,
         limit,
         allow_bare_lf: options.allow_bare_lf,
+        lfs: memchr::memchr_iter(b'\n', &buf[start..limit]),
+        base: start,
     };
 
     // Start line.
     let Line::Found { content_end, next } = cur.line(start)? else {
-        return cur.missing(start);
+        return Err(cur.missing(start));
     };
     let start_line = parse_start_line(&buf[start..content_end], start)?;
     let start_line_span = Span::new(start, content_end);
@@ -113,7 +126,7 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
     let mut line_start = next;
     let body_start = loop {
         let Line::Found { content_end, mut next } = cur.line(line_start)? else {
-            return cur.missing(line_start);
+            return Err(cur.missing(line_start));
         };
         if content_end == line_start {
             break next;
@@ -125,14 +138,14 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
             match buf.get(next) {
                 Some(b' ' | b'\t') if next < cur.limit => {}
                 Some(_) => break,
-                None => return cur.missing(next),
+                None => return Err(cur.missing(next)),
             }
             let Line::Found {
                 content_end,
                 next: after,
             } = cur.line(next)?
             else {
-                return cur.missing(next);
+                return Err(cur.missing(next));
             };
             value_end = content_end;
             next = after;
@@ -183,14 +196,6 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
                         vstart + b,
                         ErrorKind::TooManyRoutes,
                     )?;
-                }
-            }
-            HeaderKind::Contact => {
-                for (a, b) in CommaSplit::new(value) {
-                    let v = &value[a..b];
-                    if v != b"*" {
-                        NameAddr::parse(v).map_err(|_| Error::new(ErrorKind::BadContact, vstart + a))?;
-                    }
                 }
             }
             HeaderKind::CallId => {
@@ -270,11 +275,11 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
         return Err(Error::new(ErrorKind::TooLarge, start));
     }
     if end > buf.len() {
-        return Ok(Status::Partial);
+        return Err(Error::new(ErrorKind::Truncated, buf.len()));
     }
     m.body_start = body_start as u32;
     m.len = end as u32;
-    Ok(Status::Complete(m))
+    Ok(m)
 }
 
 #[derive(Default)]

@@ -76,33 +76,10 @@ impl<'a> Via<'a> {
     pub fn parse(value: &'a [u8]) -> Result<Via<'a>, Error> {
         let bad = Error::new(ErrorKind::BadVia, 0);
         let s = lex::trim(value);
-        // protocol-name / protocol-version / transport, LWS allowed around '/'.
-        let mut i = 0;
-        let mut parts: [&[u8]; 3] = [&[]; 3];
-        for (n, part) in parts.iter_mut().enumerate() {
-            i = lex::skip_lws(s, i);
-            let start = i;
-            while i < s.len() && lex::is_token(s[i]) {
-                i += 1;
-            }
-            *part = &s[start..i];
-            if part.is_empty() {
-                return Err(bad);
-            }
-            i = lex::skip_lws(s, i);
-            if n < 2 {
-                if s.get(i) != Some(&b'/') {
-                    return Err(bad);
-                }
-                i += 1;
-            }
-        }
-        if !lex::eq_ic(parts[0], b"SIP") || parts[1] != b"2.0" {
-            return Err(bad);
-        }
-        if i == s.len() || i == 0 || !lex::is_lws(s[i - 1]) {
-            return Err(bad);
-        }
+        let (transport_token, i) = match protocol_fast(s) {
+            Some(found) => found,
+            None => protocol_slow(s).ok_or(bad)?,
+        };
         // sent-by = host [ COLON port ]; ends at ';' or end.
         let rest = &s[i..];
         let params_at = memchr::memchr(b';', rest).unwrap_or(rest.len());
@@ -111,7 +88,7 @@ impl<'a> Via<'a> {
         let params = &rest[params_at..];
         let mut via = Via {
             value: s,
-            transport_token: parts[2],
+            transport_token,
             host,
             port,
             branch: None,
@@ -151,6 +128,60 @@ impl<'a> Via<'a> {
     pub fn param(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
         self.param_iter().value_of(name)
     }
+}
+
+/// `SIP/2.0/TOKEN SP` exactly as nearly everyone writes it: returns the
+/// transport and the offset after the blank(s).
+#[inline]
+fn protocol_fast(s: &[u8]) -> Option<(&[u8], usize)> {
+    let prefix = s.get(..8)?;
+    if !lex::eq_ic(prefix, b"SIP/2.0/") {
+        return None;
+    }
+    let mut i = 8;
+    while i < s.len() && lex::is_token(s[i]) {
+        i += 1;
+    }
+    let end = i;
+    if end == 8 || !matches!(s.get(i), Some(b' ' | b'\t')) {
+        return None;
+    }
+    while i < s.len() && lex::is_lws(s[i]) {
+        i += 1;
+    }
+    Some((&s[8..end], i))
+}
+
+/// protocol-name / protocol-version / transport with LWS around the slashes.
+fn protocol_slow(s: &[u8]) -> Option<(&[u8], usize)> {
+    let mut i = 0;
+    let mut parts: [&[u8]; 3] = [&[]; 3];
+    for (n, part) in parts.iter_mut().enumerate() {
+        i = lex::skip_lws(s, i);
+        let start = i;
+        while i < s.len() && lex::is_token(s[i]) {
+            i += 1;
+        }
+        *part = &s[start..i];
+        if part.is_empty() {
+            return None;
+        }
+        let before = i;
+        i = lex::skip_lws(s, i);
+        if n < 2 {
+            if s.get(i) != Some(&b'/') {
+                return None;
+            }
+            i += 1;
+        } else if i == before || i == s.len() {
+            // The transport must be followed by white space and a host.
+            return None;
+        }
+    }
+    if !lex::eq_ic(parts[0], b"SIP") || parts[1] != b"2.0" {
+        return None;
+    }
+    Some((parts[2], i))
 }
 
 fn split_sent_by(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
