@@ -12,5 +12,8 @@ pub mod stats;
 pub mod uac;
 pub mod uas;
 
+pub mod net;
+pub mod report;
+pub mod runtime;
 #[cfg(test)]
 mod sim;
