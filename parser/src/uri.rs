@@ -151,19 +151,22 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s
-        .iter()
-        .position(|&b| b == b':' || b == b';' || lex::is_lws(b))
-        .unwrap_or(s.len());
+    let end = s.iter().position(|&b| !is_host_char(b)).unwrap_or(s.len());
     let host = &s[..end];
     if host.is_empty()
-        || !host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        || !matches!(
+            s.get(end),
+            None | Some(b':' | b';' | b'?' | b' ' | b'\t' | b'\r' | b'\n')
+        )
     {
         return None;
     }
     Some((host, &s[end..]))
+}
+
+#[inline]
+fn is_host_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
 }
 
 #[cfg(test)]

@@ -80,12 +80,24 @@ impl<'a> Via<'a> {
             Some(found) => found,
             None => protocol_slow(s).ok_or(bad)?,
         };
-        // sent-by = host [ COLON port ]; ends at ';' or end.
-        let rest = &s[i..];
-        let params_at = memchr::memchr(b';', rest).unwrap_or(rest.len());
-        let sent_by = lex::trim(&rest[..params_at]);
-        let (host, port) = split_sent_by(sent_by).ok_or(bad)?;
-        let params = &rest[params_at..];
+        // sent-by = host [ COLON port ], then *( SEMI via-params ), in one
+        // forward pass (this runs for every Via of every message).
+        let (host, mut i) = sent_by_host(s, i).ok_or(bad)?;
+        i = lex::skip_lws(s, i);
+        let mut port = None;
+        if s.get(i) == Some(&b':') {
+            i = lex::skip_lws(s, i + 1);
+            let start = i;
+            while i < s.len() && s[i].is_ascii_digit() {
+                i += 1;
+            }
+            port = Some(
+                lex::parse_u32(&s[start..i], 5)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or(bad)?,
+            );
+            i = lex::skip_lws(s, i);
+        }
         let mut via = Via {
             value: s,
             transport_token,
@@ -94,21 +106,50 @@ impl<'a> Via<'a> {
             branch: None,
             received: None,
             rport: Rport::Absent,
-            params,
+            params: &s[i..],
         };
-        for (name, v) in Params::new(params) {
-            if !lex::all_token(name) {
+        while i < s.len() {
+            if s[i] != b';' {
                 return Err(bad);
             }
-            if lex::eq_ic(name, b"branch") {
-                via.branch = Some(v.filter(|v| !v.is_empty()).ok_or(bad)?);
-            } else if lex::eq_ic(name, b"received") {
-                via.received = Some(v.filter(|v| !v.is_empty()).ok_or(bad)?);
-            } else if lex::eq_ic(name, b"rport") {
-                via.rport = match v {
-                    None => Rport::Requested,
-                    Some(p) => Rport::Value(lex::parse_u32(p, 5).and_then(|n| u16::try_from(n).ok()).ok_or(bad)?),
-                };
+            i = lex::skip_lws(s, i + 1);
+            let name_start = i;
+            while i < s.len() && lex::is_token(s[i]) {
+                i += 1;
+            }
+            let name = &s[name_start..i];
+            if name.is_empty() {
+                return Err(bad);
+            }
+            i = lex::skip_lws(s, i);
+            let mut value = None;
+            if s.get(i) == Some(&b'=') {
+                i = lex::skip_lws(s, i + 1);
+                let value_start = i;
+                if s.get(i) == Some(&b'"') {
+                    i = lex::closing_quote(s, i).ok_or(bad)? + 1;
+                } else {
+                    while i < s.len() && is_param_value(s[i]) {
+                        i += 1;
+                    }
+                }
+                value = Some(&s[value_start..i]);
+                i = lex::skip_lws(s, i);
+            }
+            match (name.len(), name[0] | 0x20) {
+                (6, b'b') if lex::eq_ic(name, b"branch") => {
+                    via.branch = Some(value.filter(|v| !v.is_empty()).ok_or(bad)?);
+                }
+                (8, b'r') if lex::eq_ic(name, b"received") => {
+                    via.received = Some(value.filter(|v| !v.is_empty()).ok_or(bad)?);
+                }
+                (5, b'r') if lex::eq_ic(name, b"rport") => {
+                    via.rport = match value {
+                        None => Rport::Requested,
+                        Some(p) => Rport::Value(lex::parse_u32(p, 5).and_then(|n| u16::try_from(n).ok()).ok_or(bad)?),
+                    };
+                }
+                _ => {}
             }
         }
         Ok(via)
@@ -184,15 +225,19 @@ fn protocol_slow(s: &[u8]) -> Option<(&[u8], usize)> {
     Some((parts[2], i))
 }
 
-fn split_sent_by(s: &[u8]) -> Option<(&[u8], Option<u16>)> {
-    let (host, rest) = crate::uri::split_host(s)?;
-    let rest = lex::trim(rest);
-    if rest.is_empty() {
-        return Some((host, None));
-    }
-    let port = lex::trim(rest.strip_prefix(b":")?);
-    let port = u16::try_from(lex::parse_u32(port, 5)?).ok()?;
-    Some((host, Some(port)))
+/// The sent-by host starting at `s[i]`: an IPv6 reference or a run of
+/// host-name characters. Returns it and the offset after it.
+#[inline]
+fn sent_by_host(s: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    let (host, _) = crate::uri::split_host(s.get(i..)?)?;
+    Some((host, i + host.len()))
+}
+
+/// Characters of an unquoted via-param value: token, and the `:[]` of
+/// IPv6 addresses in `received`/`maddr`.
+#[inline]
+fn is_param_value(b: u8) -> bool {
+    lex::is_token(b) || matches!(b, b':' | b'[' | b']')
 }
 
 #[cfg(test)]
