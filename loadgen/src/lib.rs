@@ -12,6 +12,7 @@ pub mod stats;
 pub mod uac;
 pub mod uas;
 
+pub mod floor;
 pub mod net;
 pub mod report;
 pub mod runtime;

@@ -31,6 +31,28 @@ enum Mode {
     Uas(UasArgs),
     /// Find the highest rate that still succeeds (steps, then bisection).
     Ramp(RampArgs),
+    /// Measure the UDP floor: CPU per datagram of a bare recvmmsg/sendmmsg
+    /// ping-pong between two pinned threads on loopback.
+    Floor(FloorArgs),
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Datagram size in bytes (a SIP INVITE with SDP is about 800).
+    #[arg(long, default_value_t = 800)]
+    size: usize,
+    /// Datagrams in flight.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Do not pin the two threads to cores 0 and 1.
+    #[arg(long)]
+    no_pin: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -192,6 +214,7 @@ fn main() {
         Mode::Uac(a) => uac(a),
         Mode::Uas(a) => uas(a),
         Mode::Ramp(a) => ramp(a),
+        Mode::Floor(a) => floor(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
@@ -466,4 +489,22 @@ fn ramp(a: RampArgs) -> Result<i32> {
         }
     }
     Ok(if best.is_some() { 0 } else { 1 })
+}
+
+fn floor(a: FloorArgs) -> Result<i32> {
+    let f = sipload::floor::measure(
+        Duration::from_secs_f64(a.seconds.max(0.1)),
+        a.size,
+        a.window.max(1),
+        !a.no_pin,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&f)?);
+    } else {
+        println!(
+            "udp floor: {} datagrams of {} bytes in {:.2} s, {:.3} s CPU: {:.2} µs per datagram (send + receive)",
+            f.datagrams, f.size, f.seconds, f.cpu_s, f.cpu_us_per_datagram
+        );
+    }
+    Ok(0)
 }

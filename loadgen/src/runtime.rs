@@ -233,6 +233,8 @@ impl Pacer {
     }
 }
 
+/// Timer and pacing granularity.
+const TICK: Duration = Duration::from_millis(1);
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// How long a UAC thread waits for cleanup (CANCEL/487 exchanges) after
 /// the last outcome was counted.
@@ -300,9 +302,12 @@ fn worker<E: Engine>(
                     wake = wake.min(p.next_at());
                 }
             }
+            // Coalesce wake-ups: timers and pacing run at most once per
+            // TICK (a datagram still wakes us at once), which saves a
+            // sleep/wake pair per call at high rates.
             let now = Instant::now();
             if wake > now {
-                sock.wait((wake - now).min(Duration::from_millis(100)));
+                sock.wait((wake - now).clamp(TICK, Duration::from_millis(100)));
             }
         }
         busy = false;

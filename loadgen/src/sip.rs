@@ -315,7 +315,7 @@ pub(crate) fn build_ack(
     resp: &Message<'_>,
     request_uri: &[u8],
     branch: &[u8],
-    local: SocketAddr,
+    local: &[u8],
     fallback: SocketAddr,
 ) -> SocketAddr {
     out.clear();
@@ -331,7 +331,7 @@ pub(crate) fn build_ack(
     out.extend_from_slice(b" SIP/2.0\r\n");
     if two_xx {
         out.extend_from_slice(b"Via: SIP/2.0/UDP ");
-        put_addr(out, local);
+        out.extend_from_slice(local);
         out.extend_from_slice(b";branch=");
         out.extend_from_slice(branch);
         out.extend_from_slice(b";rport\r\n");

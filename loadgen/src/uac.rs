@@ -147,6 +147,8 @@ impl Call {
 pub struct Uac {
     config: UacConfig,
     request_uri: Vec<u8>,
+    /// `config.local` as text.
+    local: Vec<u8>,
     calls: Slab<Call>,
     out: Outbox,
     stats: Stats,
@@ -167,9 +169,12 @@ impl Uac {
         if config.sdp {
             sip::put_sdp(&mut sdp, config.local.ip(), config.instance & 0xffff_ffff);
         }
+        let mut local = Vec::new();
+        sip::put_addr(&mut local, config.local);
         Uac {
             config,
             request_uri,
+            local,
             calls: Slab::new(),
             out: Outbox::default(),
             stats: Stats::default(),
@@ -252,11 +257,11 @@ impl Uac {
         b.extend_from_slice(b"INVITE ");
         b.extend_from_slice(&self.request_uri);
         b.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/UDP ");
-        sip::put_addr(b, cfg.local);
+        b.extend_from_slice(&self.local);
         b.extend_from_slice(b";branch=");
         b.extend_from_slice(&call.invite_branch);
         b.extend_from_slice(b";rport\r\nMax-Forwards: 70\r\nFrom: \"sipload\" <sip:sipload@");
-        sip::put_addr(b, cfg.local);
+        b.extend_from_slice(&self.local);
         b.extend_from_slice(b">;tag=");
         b.extend_from_slice(&call.call_id[..call.call_id.len() - 8]);
         b.extend_from_slice(b"\r\nTo: <");
@@ -264,7 +269,7 @@ impl Uac {
         b.extend_from_slice(b">\r\nCall-ID: ");
         b.extend_from_slice(&call.call_id);
         b.extend_from_slice(b"\r\nCSeq: 1 INVITE\r\nContact: <sip:sipload@");
-        sip::put_addr(b, cfg.local);
+        b.extend_from_slice(&self.local);
         b.extend_from_slice(b">\r\nUser-Agent: sipload\r\nSubject: sipload call\r\n");
         if self.sdp.is_empty() {
             sip::put_body(b, None, b"");
@@ -362,7 +367,6 @@ impl Uac {
     fn on_invite_response(&mut self, now: Instant, slot: u32, gen: u32, code: u16, src: SocketAddr, msg: &Message<'_>) {
         let hold = self.config.hold;
         let cancel_after = self.config.cancel_after;
-        let local = self.config.local;
         let Some(call) = self.calls.get_mut(slot, gen) else {
             return;
         };
@@ -401,7 +405,7 @@ impl Uac {
                     let mut branch = std::mem::take(&mut self.scratch);
                     sip::set(&mut branch, &call.invite_branch);
                     branch.push(b'a');
-                    let dst = sip::build_ack(&mut call.ack, msg, &self.request_uri, &branch, local, src);
+                    let dst = sip::build_ack(&mut call.ack, msg, &self.request_uri, &branch, &self.local, src);
                     call.dialog_dst = Some(dst);
                     // Prebuild the BYE: same dialog, new transaction.
                     let b = &mut call.request;
@@ -409,7 +413,7 @@ impl Uac {
                     b.extend_from_slice(b"BYE ");
                     b.extend_from_slice(sip::contact_uri(msg).unwrap_or(&self.request_uri));
                     b.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/UDP ");
-                    sip::put_addr(b, local);
+                    b.extend_from_slice(&self.local);
                     b.extend_from_slice(b";branch=");
                     branch.pop();
                     branch.push(b'b');
@@ -441,7 +445,7 @@ impl Uac {
             },
             300..=699 => {
                 let mut ack = std::mem::take(&mut self.scratch);
-                let dst = sip::build_ack(&mut ack, msg, &self.request_uri, b"", local, src);
+                let dst = sip::build_ack(&mut ack, msg, &self.request_uri, b"", &self.local, src);
                 self.out.push(dst, &ack);
                 self.scratch = ack;
                 match state {
@@ -649,15 +653,14 @@ impl Uac {
             return;
         }
         let mut out = std::mem::take(&mut self.scratch);
-        let local = self.config.local;
-        let dst = sip::build_ack(&mut out, msg, &self.request_uri, b"z9hG4bK-sl-ack", local, src);
+        let dst = sip::build_ack(&mut out, msg, &self.request_uri, b"z9hG4bK-sl-ack", &self.local, src);
         self.out.push(dst, &out);
         if (200..300).contains(&code) {
             out.clear();
             out.extend_from_slice(b"BYE ");
             out.extend_from_slice(sip::contact_uri(msg).unwrap_or(&self.request_uri));
             out.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/UDP ");
-            sip::put_addr(&mut out, local);
+            out.extend_from_slice(&self.local);
             out.extend_from_slice(b";branch=z9hG4bK-sl-bye;rport\r\nMax-Forwards: 70\r\n");
             sip::put_routes(&mut out, msg, true);
             sip::put_dialog_headers(&mut out, msg, msg.cseq().seq.saturating_add(1), b"BYE");

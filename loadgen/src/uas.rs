@@ -148,6 +148,8 @@ pub struct Uas {
     stats: Stats,
     scratch: Vec<u8>,
     sdp: Vec<u8>,
+    /// The bound address as text, when it is not the unspecified address.
+    local: Option<Vec<u8>>,
     received: u64,
 }
 
@@ -164,7 +166,6 @@ impl Uas {
             sip::put_sdp(&mut sdp, ip, config.instance & 0xffff_ffff);
         }
         Uas {
-            config,
             calls: Slab::new(),
             index: HashMap::new(),
             hasher: Default::default(),
@@ -172,7 +173,13 @@ impl Uas {
             stats: Stats::default(),
             scratch: Vec::with_capacity(2048),
             sdp,
+            local: (!config.local.ip().is_unspecified()).then(|| {
+                let mut v = Vec::new();
+                sip::put_addr(&mut v, config.local);
+                v
+            }),
             received: 0,
+            config,
         }
     }
 
@@ -343,10 +350,8 @@ impl Uas {
         call.bye_at = None;
         call.interval = cfg.timers.t1;
 
-        let contact = contact_for(cfg.local, msg, &mut self.scratch);
         let mut contact_buf = std::mem::take(&mut self.scratch);
-        contact_buf.clear();
-        contact_buf.extend_from_slice(&contact);
+        contact_for(self.local.as_deref(), cfg.local, msg, &mut contact_buf);
         if cfg.trying {
             sip::build_response(&mut call.response, msg, 100, ResponseParts::default());
             self.out.push(src, &call.response);
@@ -391,9 +396,7 @@ impl Uas {
         };
         let code = call.final_code;
         let mut contact = std::mem::take(&mut self.scratch);
-        let c = contact_for(cfg.local, invite, &mut Vec::new());
-        contact.clear();
-        contact.extend_from_slice(&c);
+        contact_for(self.local.as_deref(), cfg.local, invite, &mut contact);
         let two_xx = (200..300).contains(&code);
         let parts = ResponseParts {
             to_tag: Some(&call.to_tag),
@@ -571,15 +574,15 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Our Contact URI: the bound address when specific, else the host and
-/// port the request was addressed to (the Request-URI), which is how the
-/// caller or the proxy reached us.
-fn contact_for(local: SocketAddr, msg: &Message<'_>, out: &mut Vec<u8>) -> Vec<u8> {
+/// Writes our Contact URI into `out`: the bound address when specific
+/// (`local`), else the host and port the request was addressed to (the
+/// Request-URI), which is how the caller or the proxy reached us.
+fn contact_for(local: Option<&[u8]>, fallback: SocketAddr, msg: &Message<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"sip:sipload@");
-    if !local.ip().is_unspecified() {
-        sip::put_addr(out, local);
-        return out.clone();
+    if let Some(l) = local {
+        out.extend_from_slice(l);
+        return;
     }
     match msg.request_uri().and_then(|u| Uri::parse(u).ok()) {
         Some(u) => {
@@ -589,9 +592,8 @@ fn contact_for(local: SocketAddr, msg: &Message<'_>, out: &mut Vec<u8>) -> Vec<u
                 sip::put_num(out, u64::from(p));
             }
         }
-        None => sip::put_addr(out, local),
+        None => sip::put_addr(out, fallback),
     }
-    out.clone()
 }
 
 /// Builds the callee's BYE for the dialog of `invite` (RFC 3261 §12.1.1:
