@@ -12,6 +12,7 @@
 //! - [`config`]: the TOML configuration.
 
 pub mod config;
+pub mod core;
 pub mod lb;
 
 pub use siplb_parser as parser;

@@ -1,0 +1,1236 @@
+//! The sans-IO proxy core: transactions, dialogs, failover.
+//!
+//! No sockets, no clock, no threads. A [`Proxy`] is one worker's state; the
+//! runtime (or a test) drives it:
+//!
+//! ```text
+//! loop {
+//!     for each datagram:  proxy.handle_datagram(now, local, remote, bytes)
+//!                         (may answer HandOff(w): give the bytes to worker w)
+//!     if now >= proxy.poll_timeout():  proxy.handle_timeout(now)
+//!     while let Some(t) = proxy.poll_transmit():  send t.payload to t.dst from t.local
+//! }
+//! ```
+//!
+//! Load counters live in the shared [`Table`]; everything else belongs to
+//! the worker. What siplb writes into messages makes them come back to the
+//! owner: the Via branch (`z9hG4bKslb` + epoch, worker, slot, generation,
+//! attempt; see [`msg::BranchId`]) and the `did` parameter of its
+//! Record-Route URI ([`msg::DialogId`]).
+//!
+//! # Proxy transaction (one per request relayed statefully)
+//! Server side (towards the sender of the request):
+//! ```text
+//! Proceeding --final non-2xx sent--> Completed --ACK--> Confirmed --T4--> gone
+//!     |                                  |  retransmit final (T1 doubling to T2)
+//!     |                                  +--64*T1 without ACK--> gone
+//!     +--2xx sent--> Accepted --64*T1--> gone   (INVITE retransmissions absorbed)
+//! ```
+//! (non-INVITE: Proceeding --final--> Completed --64*T1--> gone.) A
+//! retransmitted request is answered with the last response sent, if any.
+//! INVITE gets 100 Trying at once.
+//!
+//! Client side (towards the destination), one attempt at a time:
+//! ```text
+//! Calling --1xx--> Proceeding --final--> Done
+//!    | retransmit (T1 doubling; non-INVITE capped at T2)
+//!    +--fr_timeout--> Done (local 408)      Proceeding --fr_inv_timeout--> CANCEL, Done (local 408)
+//! ```
+//! A non-2xx final to INVITE is ACKed hop by hop (again for each
+//! retransmission). A final in the failover set, or a local 408, moves a
+//! load-balanced call to the next destination with a new branch (the
+//! attempt number grows) while attempts and eligible destinations remain;
+//! otherwise the final (or a 503) goes upstream.
+//!
+//! # Dialog (one per load-balanced INVITE)
+//! ```text
+//! Early --2xx--> Confirmed --BYE (either side) / lifetime--> ended
+//!   +--final failure / CANCEL / timeout / BYE / lifetime--> ended
+//! ```
+//! A dialog holds the load reservation ([`Hold`]) of its destination; the
+//! transition to *ended* gives it back, exactly once (`Option::take`).
+//! Counters: early, active (confirmed), processed, expired, failed.
+//!
+//! # Contract
+//! No input panics the core. Every datagram is relayed, answered, absorbed
+//! or dropped and counted in [`Stats`].
+
+#![forbid(unsafe_code)]
+
+pub mod msg;
+pub mod slab;
+pub mod stats;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hashbrown::HashMap;
+use siplb_parser::rewrite::{rewrite, Edit};
+use siplb_parser::{scan_datagram, Message, Method};
+
+use crate::config::{Action, Config};
+use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried};
+use msg::{BranchId, DialogId};
+use slab::{Key, Slab};
+pub use stats::Stats;
+
+/// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
+const T4: Duration = Duration::from_secs(5);
+
+/// The socket a datagram came in on or goes out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Local {
+    /// A public listen address (index into `Config::listen`).
+    Public(u8),
+    /// The worker's private backend-facing socket.
+    Internal,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// From which socket.
+    pub local: Local,
+    /// To where.
+    pub dst: SocketAddr,
+    /// The bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What became of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Processed here.
+    Handled,
+    /// It belongs to another worker: pass it there (and call
+    /// `handle_datagram` on that worker with `handed_off = true`).
+    HandOff(u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Server {
+    Proceeding,
+    Completed,
+    Accepted,
+    Confirmed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Client {
+    Calling,
+    Proceeding,
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cancel {
+    No,
+    Pending,
+    Sent,
+}
+
+/// A proxy transaction: server side, current client attempt, call routing.
+#[derive(Debug)]
+struct Txn {
+    invite: bool,
+    key: u64,
+    src: SocketAddr,
+    local: Local,
+    /// The request as received.
+    request: Vec<u8>,
+    server: Server,
+    last_response: Option<Vec<u8>>,
+    g_interval: Duration,
+    g_next: Option<Instant>,
+    remove_at: Option<Instant>,
+    client: Client,
+    attempt: u8,
+    dest: SocketAddr,
+    /// The request as last sent downstream.
+    out: Vec<u8>,
+    a_interval: Duration,
+    a_next: Option<Instant>,
+    deadline: Option<Instant>,
+    cancel: Cancel,
+    dialog: Option<Key>,
+    lb: Option<(u32, ResourceSet, Flags)>,
+    tried: Tried,
+    record_route: bool,
+    remove_route: bool,
+    scheduled: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DialogState {
+    Early,
+    Confirmed,
+}
+
+/// Why a dialog ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Bye,
+    Failed,
+    Expired,
+    Shutdown,
+}
+
+/// Bytes of one tracked dialog record (its slab slot included).
+pub const DIALOG_SIZE: usize = std::mem::size_of::<Dialog>() + 8;
+
+/// A tracked dialog. Small and fixed-size (see [`DIALOG_SIZE`]).
+#[derive(Debug)]
+struct Dialog {
+    state: DialogState,
+    hold: Option<Hold>,
+    call_id: u64,
+    expires: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerRef {
+    Txn(u32, u32),
+    Dialog(u32, u32),
+}
+
+/// One worker's proxy state; see the module docs for the call protocol.
+#[derive(Debug)]
+pub struct Proxy {
+    cfg: Arc<Config>,
+    table: Arc<Table>,
+    stats: Arc<Stats>,
+    worker: u16,
+    epoch: u32,
+    via_host: Vec<u8>,
+    record_route_host: Vec<u8>,
+    ours: Vec<SocketAddr>,
+    txns: Slab<Txn>,
+    index: HashMap<u64, Key>,
+    dialogs: Slab<Dialog>,
+    timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    out: VecDeque<Transmit>,
+    rng: u64,
+}
+
+impl Proxy {
+    /// A worker's proxy. `epoch` must be the same for all workers of a
+    /// process and differ between restarts; `seed` feeds the `s` flag's
+    /// random choice.
+    pub fn new(cfg: Arc<Config>, table: Arc<Table>, stats: Arc<Stats>, worker: u16, epoch: u32, seed: u64) -> Proxy {
+        let internal = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base.wrapping_add(worker));
+        let mut ours = cfg.listen.clone();
+        ours.push(cfg.advertised);
+        Proxy {
+            via_host: format!("SIP/2.0/UDP {internal}").into_bytes(),
+            record_route_host: format!("<sip:{};lr", cfg.advertised).into_bytes(),
+            ours,
+            txns: Slab::new(cfg.limits.max_transactions, 0),
+            index: HashMap::new(),
+            dialogs: Slab::new(cfg.limits.max_dialogs, 0),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            rng: seed | 1,
+            cfg,
+            table,
+            stats,
+            worker,
+            epoch,
+        }
+    }
+
+    /// This worker's statistics.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Live transactions.
+    pub fn transactions(&self) -> usize {
+        self.txns.len()
+    }
+
+    /// Live dialogs.
+    pub fn dialogs(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    /// The load reservations held by live dialogs.
+    pub fn holds(&self) -> impl Iterator<Item = Hold> + '_ {
+        self.dialogs.iter().filter_map(|(_, d)| d.hold)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// When [`Proxy::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Ends every dialog (releasing its load) and forgets all transactions.
+    pub fn shutdown(&mut self) {
+        let keys: Vec<Key> = self.dialogs.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.end_dialog(k, End::Shutdown);
+        }
+        let keys: Vec<Key> = self.txns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.remove_txn(k);
+        }
+        self.timers.clear();
+    }
+
+    /// Processes one datagram received on `local` from `remote`.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        local: Local,
+        remote: SocketAddr,
+        bytes: &[u8],
+        handed_off: bool,
+    ) -> Disposition {
+        if bytes.len() > self.cfg.limits.max_message_size {
+            Stats::inc(&self.stats.drop_too_big);
+            return Disposition::Handled;
+        }
+        let msg = match scan_datagram(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                let why = e.kind.to_string();
+                match msg::bad_request(bytes, remote, &why) {
+                    Some(reply) => {
+                        Stats::inc(&self.stats.bad_requests);
+                        self.send(local, remote, reply);
+                    }
+                    None => Stats::inc(&self.stats.drop_malformed),
+                }
+                return Disposition::Handled;
+            }
+        };
+        if !handed_off {
+            if let Some(w) = self.owner(&msg) {
+                if w != self.worker {
+                    Stats::inc(&self.stats.handoffs);
+                    return Disposition::HandOff(w);
+                }
+            }
+        }
+        if msg.is_request() {
+            Stats::inc(&self.stats.rx_requests);
+            self.on_request(now, local, remote, &msg);
+        } else {
+            Stats::inc(&self.stats.rx_responses);
+            self.on_response(now, remote, &msg);
+        }
+        Disposition::Handled
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&Reverse((t, r))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            match r {
+                TimerRef::Txn(index, generation) => self.txn_timeout(now, Key { index, generation }),
+                TimerRef::Dialog(index, generation) => {
+                    let k = Key { index, generation };
+                    if self.dialogs.get(k).is_some_and(|d| d.expires <= now) {
+                        self.end_dialog(k, End::Expired);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The worker that owns a message, when siplb's own marks say so.
+    fn owner(&self, msg: &Message<'_>) -> Option<u16> {
+        if msg.is_request() {
+            let first = msg.route_values().next()?;
+            let d = msg::route_dialog(first)?;
+            (d.epoch == self.epoch).then_some(d.worker)
+        } else {
+            let b = BranchId::decode(msg.top_via().branch?)?;
+            (b.epoch == self.epoch).then_some(b.worker)
+        }
+    }
+
+    fn send(&mut self, local: Local, dst: SocketAddr, payload: Vec<u8>) {
+        self.out.push_back(Transmit { local, dst, payload });
+    }
+
+    fn to_tag(&self, msg: &Message<'_>) -> Vec<u8> {
+        format!(
+            "slb{:x}",
+            msg::hash(&[msg.call_id(), msg.from_tag().unwrap_or_default()]) >> 16
+        )
+        .into_bytes()
+    }
+
+    /// A stateless local reply.
+    fn reply(&mut self, local: Local, src: SocketAddr, req: &Message<'_>, code: u16, reason: &str, extra: &[u8]) {
+        let tag = self.to_tag(req);
+        let r = msg::reply(req, src, code, reason, &tag, extra);
+        Stats::inc(&self.stats.local_replies);
+        self.send(local, src, r);
+    }
+
+    // ---- requests ------------------------------------------------------
+
+    fn on_request(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
+        let Some(method) = m.method() else { return };
+        match method {
+            Method::Ack => {
+                if let Some(&k) = self.index.get(&txn_key(m, b"INVITE")) {
+                    if let Some(t) = self.txns.get_mut(k) {
+                        match t.server {
+                            Server::Completed => {
+                                t.server = Server::Confirmed;
+                                t.g_next = None;
+                                t.remove_at = Some(now + T4);
+                                Stats::inc(&self.stats.absorbed);
+                                self.schedule_txn(k);
+                                return;
+                            }
+                            Server::Confirmed => {
+                                Stats::inc(&self.stats.absorbed);
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                if m.to_tag().is_some() {
+                    self.in_dialog(now, local, src, m, method);
+                } else {
+                    Stats::inc(&self.stats.drop_stray_ack);
+                }
+            }
+            Method::Cancel => self.on_cancel(now, local, src, m),
+            _ => {
+                let key = txn_key(m, class(method));
+                if let Some(&k) = self.index.get(&key) {
+                    if let Some(t) = self.txns.get(k) {
+                        let resend = t.last_response.clone().map(|r| (t.local, t.src, r));
+                        Stats::inc(&self.stats.absorbed);
+                        if let Some((l, dst, r)) = resend {
+                            Stats::inc(&self.stats.retransmissions);
+                            self.send(l, dst, r);
+                        }
+                        return;
+                    }
+                }
+                if m.to_tag().is_some() {
+                    self.in_dialog(now, local, src, m, method);
+                } else {
+                    self.initial(now, local, src, m, method, key);
+                }
+            }
+        }
+    }
+
+    fn initial(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>, key: u64) {
+        let Some(action) = self.route(m, method, src).cloned() else {
+            self.reply(local, src, m, 404, "Not Found", b"");
+            return;
+        };
+        match action {
+            Action::Reply { code, reason } => self.reply(local, src, m, code, &reason, b""),
+            Action::Relay { addr } => {
+                if self.hops_exhausted(local, src, m) {
+                    return;
+                }
+                let invite = method == Method::Invite;
+                self.start_txn(now, local, src, m, key, addr, None, None, invite, false);
+            }
+            Action::LoadBalance {
+                group,
+                resources,
+                flags,
+            } => {
+                if self.hops_exhausted(local, src, m) {
+                    return;
+                }
+                let table = self.table.clone();
+                let chosen = self.select(group, resources, flags, &Tried::default());
+                let hold = match chosen {
+                    Ok(h) => h,
+                    Err(e) => return self.no_capacity(local, src, m, e),
+                };
+                let Some(dest) = table.dest(hold.dest).map(|d| d.addr()) else {
+                    table.release(hold);
+                    return;
+                };
+                if method != Method::Invite {
+                    // Load is counted for calls only; other requests just
+                    // go where a call would go.
+                    table.release(hold);
+                    self.start_txn(now, local, src, m, key, dest, None, None, false, false);
+                    return;
+                }
+                let dialog = Dialog {
+                    state: DialogState::Early,
+                    hold: Some(hold),
+                    call_id: msg::hash(&[m.call_id()]),
+                    expires: now + self.cfg.timers.dialog_lifetime,
+                };
+                let Some(dk) = self.dialogs.insert(dialog) else {
+                    table.release(hold);
+                    Stats::inc(&self.stats.table_full);
+                    self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
+                    return;
+                };
+                Stats::inc(&self.stats.processed_dialogs);
+                Stats::inc(&self.stats.early_dialogs);
+                self.schedule(
+                    now + self.cfg.timers.dialog_lifetime,
+                    TimerRef::Dialog(dk.index, dk.generation),
+                );
+                let mut tried = Tried::default();
+                tried.push(hold.dest);
+                let lb = Some((group, resources, flags));
+                if self
+                    .start_txn(now, local, src, m, key, dest, Some(dk), lb, true, false)
+                    .is_none()
+                {
+                    self.end_dialog(dk, End::Failed);
+                    return;
+                }
+                if let Some(&k) = self.index.get(&key) {
+                    if let Some(t) = self.txns.get_mut(k) {
+                        t.tried = tried;
+                    }
+                }
+            }
+        }
+    }
+
+    fn no_capacity(&mut self, local: Local, src: SocketAddr, m: &Message<'_>, e: LbError) {
+        match e {
+            LbError::Full => {
+                Stats::inc(&self.stats.full);
+                let extra = format!("Retry-After: {}\r\n", self.cfg.failover.retry_after);
+                self.reply(local, src, m, 503, "Service Unavailable", extra.as_bytes());
+            }
+            LbError::NoDestination => {
+                Stats::inc(&self.stats.no_destination);
+                let code = self.cfg.failover.no_destination_code;
+                self.reply(local, src, m, code, crate::config::reason_phrase(code), b"");
+            }
+        }
+    }
+
+    /// First matching rule's action.
+    fn route(&self, m: &Message<'_>, method: Method<'_>, src: SocketAddr) -> Option<&Action> {
+        let user = m
+            .request_uri()
+            .and_then(|u| siplb_parser::Uri::parse(u).ok())
+            .and_then(|u| u.user);
+        self.cfg.rules.iter().find_map(|r| {
+            if !r.methods.is_empty() && !r.methods.iter().any(|x| x.as_bytes() == method.as_bytes()) {
+                return None;
+            }
+            if let Some(re) = &r.ruri_user {
+                if !user.is_some_and(|u| re.is_match(u)) {
+                    return None;
+                }
+            }
+            if !r.sources.is_empty() || r.from_destinations {
+                let net = r.sources.iter().any(|n| n.contains(src.ip()));
+                let dest = r.from_destinations && self.table.destinations().iter().any(|d| d.addr().ip() == src.ip());
+                if !net && !dest {
+                    return None;
+                }
+            }
+            Some(&r.action)
+        })
+    }
+
+    /// Answers 483 (or drops an ACK) when Max-Forwards is zero.
+    fn hops_exhausted(&mut self, local: Local, src: SocketAddr, m: &Message<'_>) -> bool {
+        if m.max_forwards() != Some(0) {
+            return false;
+        }
+        Stats::inc(&self.stats.too_many_hops);
+        if m.method() != Some(Method::Ack) {
+            self.reply(local, src, m, 483, "Too Many Hops", b"");
+        }
+        true
+    }
+
+    fn in_dialog(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>) {
+        let is_ack = method == Method::Ack;
+        let first = m.route_values().next();
+        let ours = first.is_some_and(|r| msg::route_is_ours(r, &self.ours));
+        if !ours {
+            if is_ack {
+                Stats::inc(&self.stats.drop_stray_ack);
+            } else {
+                Stats::inc(&self.stats.unknown_dialogs);
+                self.reply(local, src, m, 481, "Call/Transaction Does Not Exist", b"");
+            }
+            return;
+        }
+        let dialog = match first.and_then(msg::route_dialog) {
+            Some(d) => {
+                let k = Key {
+                    index: d.index,
+                    generation: d.generation,
+                };
+                let call_id = msg::hash(&[m.call_id()]);
+                match self.dialogs.get(k) {
+                    Some(dl) if d.epoch == self.epoch && dl.call_id == call_id => Some(k),
+                    _ => {
+                        if is_ack {
+                            Stats::inc(&self.stats.drop_stray_ack);
+                        } else {
+                            Stats::inc(&self.stats.unknown_dialogs);
+                            self.reply(local, src, m, 481, "Call/Transaction Does Not Exist", b"");
+                        }
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        if self.hops_exhausted(local, src, m) {
+            return;
+        }
+        let next = match m.route_values().nth(1) {
+            Some(r) => siplb_parser::NameAddr::parse(r)
+                .ok()
+                .and_then(|na| msg::uri_addr(na.uri)),
+            None => m.request_uri().and_then(msg::uri_addr),
+        };
+        let Some(dst) = next else {
+            Stats::inc(&self.stats.drop_unroutable);
+            if !is_ack {
+                self.reply(local, src, m, 502, "Bad Gateway", b"");
+            }
+            return;
+        };
+        if is_ack {
+            // ACK for a 2xx: its own transaction, relayed statelessly.
+            let branch = format!("z9hG4bKslbs{:x}", msg::hash(&[m.top_via().branch.unwrap_or_default()]));
+            if let Some(out) = self.forward(m, src, branch.as_bytes(), None, true) {
+                Stats::inc(&self.stats.relayed_requests);
+                self.send(Local::Internal, dst, out);
+            }
+            return;
+        }
+        if method == Method::Bye {
+            if let Some(k) = dialog {
+                self.end_dialog(k, End::Bye);
+            }
+        }
+        let key = txn_key(m, class(method));
+        let invite = method == Method::Invite;
+        self.start_txn(now, local, src, m, key, dst, None, None, invite, true);
+    }
+
+    fn on_cancel(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
+        let Some(&k) = self.index.get(&txn_key(m, b"INVITE")) else {
+            Stats::inc(&self.stats.unknown_dialogs);
+            self.reply(local, src, m, 481, "Call/Transaction Does Not Exist", b"");
+            return;
+        };
+        self.reply(local, src, m, 200, "OK", b"");
+        let Some(t) = self.txns.get_mut(k) else { return };
+        if t.server != Server::Proceeding || t.cancel != Cancel::No {
+            return;
+        }
+        match t.client {
+            Client::Calling => t.cancel = Cancel::Pending,
+            Client::Proceeding => {
+                t.cancel = Cancel::Sent;
+                self.send_cancel(now, k);
+            }
+            Client::Done => {}
+        }
+    }
+
+    /// Sends CANCEL for the current attempt and bounds the wait for its 487.
+    fn send_cancel(&mut self, now: Instant, k: Key) {
+        let fr = self.cfg.timers.fr_timeout;
+        let Some(t) = self.txns.get_mut(k) else { return };
+        let Ok(sent) = scan_datagram(&t.out) else { return };
+        let c = msg::cancel_for(&sent);
+        let dst = t.dest;
+        let limit = now + fr;
+        t.deadline = Some(t.deadline.map_or(limit, |d| d.min(limit)));
+        self.send(Local::Internal, dst, c);
+        self.schedule_txn(k);
+    }
+
+    /// The request as relayed: our Via on top, received/rport on the
+    /// sender's, Max-Forwards lowered (70 when absent), optionally our
+    /// Record-Route and without our Route.
+    fn forward(
+        &self,
+        m: &Message<'_>,
+        src: SocketAddr,
+        branch: &[u8],
+        record_route: Option<&[u8]>,
+        remove_route: bool,
+    ) -> Option<Vec<u8>> {
+        let mut via = self.via_host.clone();
+        via.extend_from_slice(b";branch=");
+        via.extend_from_slice(branch);
+        via.extend_from_slice(b";rport");
+        let received = msg::ip_text(src.ip());
+        let port = src.port().to_string();
+        let mut edits = [Edit::RemoveTopVia; 5];
+        let mut n = 0;
+        let mut push = |e| {
+            edits[n] = e;
+            n += 1;
+        };
+        push(Edit::PrependVia(&via));
+        push(Edit::TopViaReceived {
+            received: &received,
+            rport: Some(port.as_bytes()),
+        });
+        push(Edit::SetMaxForwards(
+            m.max_forwards().map_or(70, |n| n.saturating_sub(1)),
+        ));
+        if let Some(rr) = record_route {
+            push(Edit::InsertRecordRoute(rr));
+        }
+        if remove_route && m.route_values().next().is_some() {
+            push(Edit::RemoveFirstRoute);
+        }
+        rewrite(m, &edits[..n]).ok().map(|r| r.to_vec())
+    }
+
+    /// Creates a proxy transaction for `m` and sends the first attempt.
+    #[allow(clippy::too_many_arguments)]
+    fn start_txn(
+        &mut self,
+        now: Instant,
+        local: Local,
+        src: SocketAddr,
+        m: &Message<'_>,
+        key: u64,
+        dest: SocketAddr,
+        dialog: Option<Key>,
+        lb: Option<(u32, ResourceSet, Flags)>,
+        invite: bool,
+        remove_route: bool,
+    ) -> Option<Key> {
+        let t = Txn {
+            invite,
+            key,
+            src,
+            local,
+            request: m.as_bytes().to_vec(),
+            server: Server::Proceeding,
+            last_response: None,
+            g_interval: self.cfg.timers.t1,
+            g_next: None,
+            remove_at: None,
+            client: Client::Calling,
+            attempt: 0,
+            dest,
+            out: Vec::new(),
+            a_interval: self.cfg.timers.t1,
+            a_next: None,
+            deadline: None,
+            cancel: Cancel::No,
+            dialog,
+            lb,
+            tried: Tried::default(),
+            record_route: invite && !remove_route,
+            remove_route,
+            scheduled: None,
+        };
+        let Some(k) = self.txns.insert(t) else {
+            Stats::inc(&self.stats.table_full);
+            self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
+            return None;
+        };
+        self.index.insert(key, k);
+        if invite {
+            let tag = self.to_tag(m);
+            let trying = msg::reply(m, src, 100, "Trying", &tag, b"");
+            if let Some(t) = self.txns.get_mut(k) {
+                t.last_response = Some(trying.clone());
+            }
+            self.send(local, src, trying);
+        }
+        if !self.send_attempt(now, k) {
+            // Could not build the request: answer and forget.
+            self.finish_server(now, k, 500, None);
+            return None;
+        }
+        Some(k)
+    }
+
+    /// Builds and sends the current attempt of transaction `k`.
+    fn send_attempt(&mut self, now: Instant, k: Key) -> bool {
+        let Some(t) = self.txns.get(k) else { return false };
+        let branch = BranchId {
+            epoch: self.epoch,
+            worker: self.worker,
+            index: k.index,
+            generation: k.generation,
+            attempt: t.attempt,
+        }
+        .encode();
+        let rr = match (t.record_route, t.dialog) {
+            (false, _) => None,
+            (true, Some(d)) => {
+                let mut rr = self.record_route_host.clone();
+                rr.extend_from_slice(b";did=");
+                rr.extend_from_slice(
+                    &DialogId {
+                        epoch: self.epoch,
+                        worker: self.worker,
+                        index: d.index,
+                        generation: d.generation,
+                    }
+                    .encode(),
+                );
+                rr.push(b'>');
+                Some(rr)
+            }
+            (true, None) => {
+                let mut rr = self.record_route_host.clone();
+                rr.push(b'>');
+                Some(rr)
+            }
+        };
+        let out = {
+            let Ok(m) = scan_datagram(&t.request) else { return false };
+            match self.forward(&m, t.src, &branch, rr.as_deref(), t.remove_route) {
+                Some(o) => o,
+                None => return false,
+            }
+        };
+        let timers = self.cfg.timers;
+        let Some(t) = self.txns.get_mut(k) else { return false };
+        t.out = out.clone();
+        t.client = Client::Calling;
+        t.a_interval = timers.t1;
+        t.a_next = Some(now + timers.t1);
+        t.deadline = Some(now + timers.fr_timeout);
+        let dst = t.dest;
+        Stats::inc(&self.stats.relayed_requests);
+        self.send(Local::Internal, dst, out);
+        self.schedule_txn(k);
+        true
+    }
+
+    // ---- responses -----------------------------------------------------
+
+    fn on_response(&mut self, now: Instant, src: SocketAddr, m: &Message<'_>) {
+        let code = m.status().unwrap_or(0);
+        let id = m
+            .top_via()
+            .branch
+            .and_then(BranchId::decode)
+            .filter(|b| b.epoch == self.epoch);
+        let Some(id) = id else {
+            Stats::inc(&self.stats.drop_stray_response);
+            return;
+        };
+        let k = Key {
+            index: id.index,
+            generation: id.generation,
+        };
+        let is_invite = m.cseq().method == Method::Invite;
+        if m.cseq().method == Method::Cancel {
+            // The answer to a CANCEL siplb sent: hop by hop, nothing to do.
+            Stats::inc(&self.stats.absorbed);
+            return;
+        }
+        let Some(t) = self.txns.get(k) else {
+            if is_invite && (200..300).contains(&code) {
+                // A 2xx retransmission after the transaction: relay by Via.
+                self.relay_stateless(m);
+            } else if is_invite && code >= 300 {
+                self.ack(src, m, None);
+            } else {
+                Stats::inc(&self.stats.drop_stray_response);
+            }
+            return;
+        };
+        if id.attempt != t.attempt || t.client == Client::Done {
+            if is_invite && code >= 300 {
+                let sent = t.out.clone();
+                self.ack(src, m, Some(&sent));
+            } else if is_invite && (200..300).contains(&code) && id.attempt == t.attempt {
+                let (l, dst) = (t.local, t.src);
+                self.relay_response(l, dst, m);
+            } else if (200..300).contains(&code) && is_invite {
+                Stats::inc(&self.stats.drop_late_2xx);
+            } else {
+                Stats::inc(&self.stats.absorbed);
+            }
+            return;
+        }
+        let timers = self.cfg.timers;
+        if code < 200 {
+            let (cancel, server, invite) = {
+                let t = self.txns.get_mut(k).expect("checked above");
+                let was = t.client == Client::Calling;
+                t.client = Client::Proceeding;
+                if t.invite {
+                    t.a_next = None;
+                    if was {
+                        t.deadline = Some(now + timers.fr_inv_timeout);
+                    }
+                } else {
+                    t.a_interval = timers.t2;
+                }
+                (t.cancel, t.server, t.invite)
+            };
+            if cancel == Cancel::Pending {
+                if let Some(t) = self.txns.get_mut(k) {
+                    t.cancel = Cancel::Sent;
+                }
+                self.send_cancel(now, k);
+            }
+            if code > 100 && server == Server::Proceeding {
+                let t = self.txns.get(k).expect("checked above");
+                let (l, dst) = (t.local, t.src);
+                if let Some(out) = self.relay_response(l, dst, m) {
+                    if invite {
+                        if let Some(t) = self.txns.get_mut(k) {
+                            t.last_response = Some(out);
+                        }
+                    }
+                }
+            }
+            self.schedule_txn(k);
+            return;
+        }
+        // A final response for the current attempt.
+        let t = self.txns.get_mut(k).expect("checked above");
+        t.client = Client::Done;
+        t.a_next = None;
+        t.deadline = None;
+        if !t.invite {
+            let (l, dst) = (t.local, t.src);
+            let out = self.relay_response(l, dst, m);
+            let t = self.txns.get_mut(k).expect("checked above");
+            t.last_response = out;
+            t.server = Server::Completed;
+            t.remove_at = Some(now + 64 * timers.t1);
+            self.schedule_txn(k);
+            return;
+        }
+        if (200..300).contains(&code) {
+            let (l, dst, dialog) = (t.local, t.src, t.dialog);
+            let out = self.relay_response(l, dst, m);
+            let t = self.txns.get_mut(k).expect("checked above");
+            t.last_response = out;
+            t.server = Server::Accepted;
+            t.g_next = None;
+            t.remove_at = Some(now + 64 * timers.t1);
+            if let Some(d) = dialog {
+                self.confirm_dialog(now, d);
+            }
+            self.schedule_txn(k);
+            return;
+        }
+        let sent = t.out.clone();
+        self.ack(src, m, Some(&sent));
+        self.failure(now, k, code, Some(m));
+    }
+
+    /// ACKs a non-2xx final. `sent`: the INVITE as siplb sent it.
+    fn ack(&mut self, src: SocketAddr, resp: &Message<'_>, sent: Option<&[u8]>) {
+        let sent = sent.and_then(|s| scan_datagram(s).ok());
+        let a = msg::ack_for(sent.as_ref(), resp);
+        self.send(Local::Internal, src, a);
+    }
+
+    /// Relays a response to `dst` without its top Via; returns what was sent.
+    fn relay_response(&mut self, local: Local, dst: SocketAddr, m: &Message<'_>) -> Option<Vec<u8>> {
+        if m.via_count() < 2 {
+            Stats::inc(&self.stats.drop_stray_response);
+            return None;
+        }
+        let out = rewrite(m, &[Edit::RemoveTopVia]).ok()?.to_vec();
+        Stats::inc(&self.stats.relayed_responses);
+        self.send(local, dst, out.clone());
+        Some(out)
+    }
+
+    fn relay_stateless(&mut self, m: &Message<'_>) {
+        let Some(next) = m.vias().nth(1) else {
+            Stats::inc(&self.stats.drop_stray_response);
+            return;
+        };
+        let Some(dst) = msg::via_addr(&next) else {
+            Stats::inc(&self.stats.drop_unroutable);
+            return;
+        };
+        self.relay_response(Local::Public(0), dst, m);
+    }
+
+    /// The current attempt failed with `code` (a reply, or a local 408):
+    /// fail over, or answer upstream and end the call.
+    fn failure(&mut self, now: Instant, k: Key, code: u16, resp: Option<&Message<'_>>) {
+        let cfg = self.cfg.clone();
+        let fo = &cfg.failover;
+        let Some(t) = self.txns.get(k) else { return };
+        let (lb, dialog, cancel, server, tried, failed) = (t.lb, t.dialog, t.cancel, t.server, t.tried, t.dest);
+        let live = dialog.filter(|&d| self.dialogs.get(d).is_some());
+        let mut exhausted = false;
+        if let (Some((group, set, flags)), Some(d)) = (lb, live) {
+            if cancel == Cancel::No && server == Server::Proceeding && fo.is_failover_code(code) {
+                if fo.disable_on_failure {
+                    if let Some(dest) = self.table.index_of_addr(failed).and_then(|i| self.table.dest(i)) {
+                        dest.set_enabled(false);
+                    }
+                }
+                exhausted = true;
+                if tried.len() < usize::from(fo.max_attempts) {
+                    if let Ok(hold) = self.select(group, set, flags, &tried) {
+                        let table = self.table.clone();
+                        let old = self.dialogs.get_mut(d).and_then(|dl| dl.hold.replace(hold));
+                        if let Some(old) = old {
+                            table.release(old);
+                        }
+                        let dest = table.dest(hold.dest).map(|d| d.addr());
+                        if let Some(t) = self.txns.get_mut(k) {
+                            t.tried.push(hold.dest);
+                            t.attempt = t.attempt.wrapping_add(1);
+                            t.dest = dest.unwrap_or(t.dest);
+                            Stats::inc(&self.stats.failovers);
+                            tracing::info!(code, from = %failed, to = %t.dest, attempt = t.attempt, "failover");
+                        }
+                        if self.send_attempt(now, k) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if cancel != Cancel::No && resp.is_none() {
+            self.finish_server(now, k, 487, None);
+        } else if exhausted && !(fo.relay_last_reply && resp.is_some()) {
+            self.finish_server(now, k, 503, None);
+        } else {
+            self.finish_server(now, k, code, resp);
+        }
+    }
+
+    /// `load_balance` with this worker's random source.
+    fn select(&mut self, group: u32, set: ResourceSet, flags: Flags, tried: &Tried) -> Result<Hold, LbError> {
+        let table = self.table.clone();
+        let mut rng = self.rng;
+        let mut random = |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n.max(1) as u64) as usize
+        };
+        let r = table.load_balance(group, set, flags, tried, &mut random);
+        self.rng = rng;
+        r
+    }
+
+    /// Sends the final answer of a failed call upstream (relayed `resp`,
+    /// or a local `code`), enters Completed and ends the dialog.
+    fn finish_server(&mut self, now: Instant, k: Key, code: u16, resp: Option<&Message<'_>>) {
+        let timers = self.cfg.timers;
+        let retry_after = self.cfg.failover.retry_after;
+        let Some(t) = self.txns.get(k) else { return };
+        let (local, dst, dialog, invite) = (t.local, t.src, t.dialog, t.invite);
+        let out = match resp {
+            Some(m) => self.relay_response(local, dst, m),
+            None => {
+                let req = t.request.clone();
+                match scan_datagram(&req) {
+                    Ok(r) => {
+                        let extra = if code == 503 {
+                            format!("Retry-After: {retry_after}\r\n")
+                        } else {
+                            String::new()
+                        };
+                        let tag = self.to_tag(&r);
+                        let reply = msg::reply(
+                            &r,
+                            dst,
+                            code,
+                            crate::config::reason_phrase(code),
+                            &tag,
+                            extra.as_bytes(),
+                        );
+                        Stats::inc(&self.stats.local_replies);
+                        self.send(local, dst, reply.clone());
+                        Some(reply)
+                    }
+                    Err(_) => None,
+                }
+            }
+        };
+        let Some(t) = self.txns.get_mut(k) else { return };
+        t.client = Client::Done;
+        t.a_next = None;
+        t.deadline = None;
+        t.last_response = out;
+        t.server = Server::Completed;
+        if invite {
+            t.g_interval = timers.t1;
+            t.g_next = Some(now + timers.t1);
+        }
+        t.remove_at = Some(now + 64 * timers.t1);
+        self.schedule_txn(k);
+        if let Some(d) = dialog {
+            self.end_dialog(d, End::Failed);
+        }
+    }
+
+    // ---- timers ----------------------------------------------------------
+
+    fn schedule(&mut self, at: Instant, r: TimerRef) {
+        self.timers.push(Reverse((at, r)));
+    }
+
+    /// (Re)arms the transaction's wake-up at its earliest timer.
+    fn schedule_txn(&mut self, k: Key) {
+        let Some(t) = self.txns.get_mut(k) else { return };
+        let next = [t.a_next, t.g_next, t.deadline, t.remove_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next else { return };
+        if t.scheduled.is_some_and(|s| s <= next) {
+            return;
+        }
+        t.scheduled = Some(next);
+        self.schedule(next, TimerRef::Txn(k.index, k.generation));
+    }
+
+    fn txn_timeout(&mut self, now: Instant, k: Key) {
+        let timers = self.cfg.timers;
+        let Some(t) = self.txns.get_mut(k) else { return };
+        if t.scheduled.is_some_and(|s| s <= now) {
+            t.scheduled = None;
+        }
+        if t.remove_at.is_some_and(|r| r <= now) {
+            self.remove_txn(k);
+            return;
+        }
+        if t.a_next.is_some_and(|a| a <= now) {
+            let interval = if t.invite {
+                t.a_interval * 2
+            } else {
+                (t.a_interval * 2).min(timers.t2)
+            };
+            t.a_interval = interval;
+            t.a_next = Some(now + interval);
+            let (dst, out) = (t.dest, t.out.clone());
+            Stats::inc(&self.stats.retransmissions);
+            self.send(Local::Internal, dst, out);
+        }
+        let Some(t) = self.txns.get_mut(k) else { return };
+        if t.g_next.is_some_and(|g| g <= now) {
+            t.g_interval = (t.g_interval * 2).min(timers.t2);
+            t.g_next = Some(now + t.g_interval);
+            if let Some(r) = t.last_response.clone() {
+                let (l, dst) = (t.local, t.src);
+                Stats::inc(&self.stats.retransmissions);
+                self.send(l, dst, r);
+            }
+        }
+        let Some(t) = self.txns.get_mut(k) else { return };
+        if t.deadline.is_some_and(|d| d <= now) {
+            t.deadline = None;
+            t.a_next = None;
+            let proceeding = t.client == Client::Proceeding;
+            t.client = Client::Done;
+            if t.invite {
+                if proceeding && t.cancel != Cancel::Sent {
+                    if let Ok(sent) = scan_datagram(&t.out) {
+                        let c = msg::cancel_for(&sent);
+                        let dst = t.dest;
+                        self.send(Local::Internal, dst, c);
+                    }
+                }
+                self.failure(now, k, 408, None);
+            } else {
+                self.finish_server(now, k, 408, None);
+                if let Some(t) = self.txns.get_mut(k) {
+                    t.g_next = None;
+                }
+            }
+        }
+        self.schedule_txn(k);
+    }
+
+    fn remove_txn(&mut self, k: Key) {
+        if let Some(t) = self.txns.remove(k) {
+            if self.index.get(&t.key) == Some(&k) {
+                self.index.remove(&t.key);
+            }
+        }
+    }
+
+    // ---- dialogs ---------------------------------------------------------
+
+    fn confirm_dialog(&mut self, now: Instant, k: Key) {
+        let lifetime = self.cfg.timers.dialog_lifetime;
+        let Some(d) = self.dialogs.get_mut(k) else { return };
+        if d.state == DialogState::Early {
+            d.state = DialogState::Confirmed;
+            d.expires = now + lifetime;
+            Stats::dec(&self.stats.early_dialogs);
+            Stats::inc(&self.stats.active_dialogs);
+            self.schedule(now + lifetime, TimerRef::Dialog(k.index, k.generation));
+        }
+    }
+
+    /// Ends a dialog: releases its load (exactly once) and counts.
+    fn end_dialog(&mut self, k: Key, why: End) {
+        let Some(mut d) = self.dialogs.remove(k) else { return };
+        if let Some(h) = d.hold.take() {
+            self.table.release(h);
+        }
+        match d.state {
+            DialogState::Early => {
+                Stats::dec(&self.stats.early_dialogs);
+                if why != End::Expired {
+                    Stats::inc(&self.stats.failed_dialogs);
+                }
+            }
+            DialogState::Confirmed => Stats::dec(&self.stats.active_dialogs),
+        }
+        if why == End::Expired {
+            Stats::inc(&self.stats.expired_dialogs);
+        }
+    }
+}
+
+/// The method class of a server transaction: INVITE, ACK and CANCEL all
+/// find the INVITE's transaction.
+fn class<'a>(m: Method<'a>) -> &'a [u8] {
+    match m {
+        Method::Invite | Method::Ack | Method::Cancel => b"INVITE",
+        other => other.as_bytes(),
+    }
+}
+
+/// The server transaction key of a request (RFC 3261 §17.2.3; the RFC 2543
+/// fallback when the branch lacks the magic cookie).
+fn txn_key(m: &Message<'_>, class: &[u8]) -> u64 {
+    let v = m.top_via();
+    let mut port = [0u8; 8];
+    let _ = write!(&mut port[..], "{}", v.port.unwrap_or(5060));
+    match v.branch {
+        Some(b) if b.starts_with(b"z9hG4bK") => msg::hash(&[b, v.host, &port, class]),
+        _ => {
+            let seq = m.cseq().seq.to_be_bytes();
+            msg::hash(&[m.call_id(), m.from_tag().unwrap_or_default(), &seq, v.value, class])
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Message helpers: identifiers siplb writes (branch, dialog parameter),
+//! locally generated messages (replies, ACK, CANCEL), next-hop resolution.
+//!
+//! Everything here is pure: bytes in, bytes out.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use siplb_parser::{Message, Rport, Uri, Via};
+
+/// Prefix of every branch siplb generates (after the RFC 3261 cookie).
+pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKslb";
+/// Name of the Record-Route URI parameter that identifies a dialog.
+pub const DIALOG_PARAM: &[u8] = b"did";
+
+/// What siplb encodes in a branch: owner, transaction handle, attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BranchId {
+    /// Process epoch (distinguishes restarts).
+    pub epoch: u32,
+    /// Owning worker.
+    pub worker: u16,
+    /// Transaction slot.
+    pub index: u32,
+    /// Transaction slot generation.
+    pub generation: u32,
+    /// Attempt number (failover).
+    pub attempt: u8,
+}
+
+impl BranchId {
+    /// The branch text.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(48);
+        v.extend_from_slice(BRANCH_PREFIX);
+        let _ = write!(
+            v,
+            "{:x}.{:x}.{:x}.{:x}.{:x}",
+            self.epoch, self.worker, self.index, self.generation, self.attempt
+        );
+        v
+    }
+
+    /// Decodes a branch written by [`BranchId::encode`].
+    pub fn decode(branch: &[u8]) -> Option<BranchId> {
+        let rest = branch.strip_prefix(BRANCH_PREFIX)?;
+        let mut it = rest.split(|&b| b == b'.');
+        let mut next = || hex(it.next()?);
+        let id = BranchId {
+            epoch: u32::try_from(next()?).ok()?,
+            worker: u16::try_from(next()?).ok()?,
+            index: u32::try_from(next()?).ok()?,
+            generation: u32::try_from(next()?).ok()?,
+            attempt: u8::try_from(next()?).ok()?,
+        };
+        Some(id)
+    }
+}
+
+/// What siplb encodes in its Record-Route: owner and dialog handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialogId {
+    /// Process epoch.
+    pub epoch: u32,
+    /// Owning worker.
+    pub worker: u16,
+    /// Dialog slot.
+    pub index: u32,
+    /// Dialog slot generation.
+    pub generation: u32,
+}
+
+impl DialogId {
+    /// The parameter value.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(32);
+        let _ = write!(
+            v,
+            "{:x}.{:x}.{:x}.{:x}",
+            self.epoch, self.worker, self.index, self.generation
+        );
+        v
+    }
+
+    /// Decodes a parameter value.
+    pub fn decode(value: &[u8]) -> Option<DialogId> {
+        let mut it = value.split(|&b| b == b'.');
+        let mut next = || hex(it.next()?);
+        Some(DialogId {
+            epoch: u32::try_from(next()?).ok()?,
+            worker: u16::try_from(next()?).ok()?,
+            index: u32::try_from(next()?).ok()?,
+            generation: u32::try_from(next()?).ok()?,
+        })
+    }
+}
+
+fn hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut n = 0u64;
+    for &b in s {
+        let d = (b as char).to_digit(16)?;
+        n = n << 4 | u64::from(d);
+    }
+    Some(n)
+}
+
+/// A 64-bit hash of some byte strings (deterministic, not keyed).
+pub fn hash(parts: &[&[u8]]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    for p in parts {
+        p.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Parses an IP host as written in SIP (`1.2.3.4` or `[::1]`).
+pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(host).ok()?;
+    s.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// The address of a URI with an IP host (default port 5060).
+pub fn uri_addr(uri: &[u8]) -> Option<SocketAddr> {
+    let u = Uri::parse(uri).ok()?;
+    Some(SocketAddr::new(host_ip(u.host)?, u.port.unwrap_or(5060)))
+}
+
+/// Where a response goes according to a Via (RFC 3261 §18.2.2, RFC 3581):
+/// `received`/`rport` when present, else sent-by.
+pub fn via_addr(via: &Via<'_>) -> Option<SocketAddr> {
+    let ip = match via.received {
+        Some(r) => host_ip(r)?,
+        None => host_ip(via.host)?,
+    };
+    let port = match via.rport {
+        Rport::Value(p) => p,
+        _ => via.port.unwrap_or(5060),
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Text of an IP for a `received` parameter (IPv6 without brackets is
+/// what RFC 3261 grammar allows there: `IPv6address`).
+pub fn ip_text(ip: IpAddr) -> Vec<u8> {
+    ip.to_string().into_bytes()
+}
+
+/// A Via value with `received` and `rport` set for a reply to `src`.
+fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
+    let v = via.value;
+    let params_at = v.len() - via.params.len();
+    let mut out = v[..params_at].to_vec();
+    let mut rport_requested = false;
+    for p in via.params.split(|&b| b == b';').filter(|p| !p.is_empty()) {
+        let name = p.split(|&b| b == b'=').next().unwrap_or_default();
+        let name = name.trim_ascii();
+        if name.eq_ignore_ascii_case(b"received") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"rport") {
+            rport_requested = true;
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(p.trim_ascii());
+    }
+    out.extend_from_slice(b";received=");
+    out.extend_from_slice(&ip_text(src.ip()));
+    if rport_requested {
+        let _ = write!(out, ";rport={}", src.port());
+    }
+    out
+}
+
+/// A locally generated response to `req` received from `src`.
+///
+/// Copies Via (with received/rport on the top one), From, To (adding
+/// `to_tag` when the request has none and the code is above 100),
+/// Call-ID and CSeq; then `extra` header lines (each ending in CRLF).
+pub fn reply(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, to_tag: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    for (i, v) in req.vias().enumerate() {
+        out.extend_from_slice(b"Via: ");
+        if i == 0 {
+            out.extend_from_slice(&via_for_reply(&v, src));
+        } else {
+            out.extend_from_slice(v.value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    for h in req.headers_named(b"From") {
+        line(&mut out, b"From", h.value);
+    }
+    for h in req.headers_named(b"To") {
+        out.extend_from_slice(b"To: ");
+        out.extend_from_slice(h.value);
+        if code > 100 && req.to_tag().is_none() {
+            out.extend_from_slice(b";tag=");
+            out.extend_from_slice(to_tag);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    line(&mut out, b"Call-ID", req.call_id());
+    for h in req.headers_named(b"CSeq") {
+        line(&mut out, b"CSeq", h.value);
+    }
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"Server: siplb\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The hop-by-hop ACK for a non-2xx final `resp` to the INVITE `sent`
+/// (as siplb sent it), RFC 3261 §17.1.1.3. Without `sent` (the
+/// transaction is gone) the Request-URI is taken from To.
+pub fn ack_for(sent: Option<&Message<'_>>, resp: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(400);
+    out.extend_from_slice(b"ACK ");
+    out.extend_from_slice(sent.and_then(|s| s.request_uri()).unwrap_or(resp.to().uri));
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    line(&mut out, b"Via", resp.top_via().value);
+    for r in sent.iter().flat_map(|s| s.route_values()) {
+        line(&mut out, b"Route", r);
+    }
+    let cseq = sent.map_or(resp.cseq().seq, |s| s.cseq().seq);
+    out.extend_from_slice(b"Max-Forwards: 70\r\n");
+    for h in resp.headers_named(b"From") {
+        line(&mut out, b"From", h.value);
+    }
+    for h in resp.headers_named(b"To") {
+        line(&mut out, b"To", h.value);
+    }
+    line(&mut out, b"Call-ID", resp.call_id());
+    let _ = write!(out, "CSeq: {cseq} ACK\r\n");
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// The CANCEL for the INVITE `sent` (as siplb sent it), RFC 3261 §9.1.
+pub fn cancel_for(sent: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(400);
+    out.extend_from_slice(b"CANCEL ");
+    out.extend_from_slice(sent.request_uri().unwrap_or(b"sip:invalid"));
+    out.extend_from_slice(b" SIP/2.0\r\n");
+    line(&mut out, b"Via", sent.top_via().value);
+    for r in sent.route_values() {
+        line(&mut out, b"Route", r);
+    }
+    out.extend_from_slice(b"Max-Forwards: 70\r\n");
+    for h in sent.headers_named(b"From") {
+        line(&mut out, b"From", h.value);
+    }
+    for h in sent.headers_named(b"To") {
+        line(&mut out, b"To", h.value);
+    }
+    line(&mut out, b"Call-ID", sent.call_id());
+    let _ = write!(out, "CSeq: {} CANCEL\r\n", sent.cseq().seq);
+    out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// Best effort 400 for a datagram the scanner rejected: possible only when
+/// it looks like a request and its Via, From, To, Call-ID and CSeq lines can
+/// be found by a plain line search. `None`: drop it.
+pub fn bad_request(bytes: &[u8], src: SocketAddr, why: &str) -> Option<Vec<u8>> {
+    let text = bytes;
+    let first_end = memchr_nl(text)?;
+    let first = &text[..first_end];
+    if first.starts_with(b"SIP/") || !first.ends_with(b"SIP/2.0") && !first.ends_with(b"SIP/2.0\r") {
+        return None;
+    }
+    let mut have = [false; 5];
+    let mut out = Vec::with_capacity(512);
+    let _ = write!(out, "SIP/2.0 400 Bad Request ({why})\r\n");
+    let mut rest = &text[first_end + 1..];
+    let mut first_via = true;
+    while let Some(end) = memchr_nl(rest) {
+        let l = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+        rest = &rest[end + 1..];
+        if l.is_empty() {
+            break;
+        }
+        let Some(colon) = l.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = l[..colon].trim_ascii();
+        let value = l[colon + 1..].trim_ascii();
+        let idx = [
+            &[&b"via"[..], b"v"][..],
+            &[b"from", b"f"],
+            &[b"to", b"t"],
+            &[b"call-id", b"i"],
+            &[b"cseq"],
+        ]
+        .iter()
+        .position(|names| names.iter().any(|n| n.eq_ignore_ascii_case(name)));
+        let Some(idx) = idx else { continue };
+        have[idx] = true;
+        if idx == 0 && first_via {
+            first_via = false;
+            out.extend_from_slice(b"Via: ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b";received=");
+            out.extend_from_slice(&ip_text(src.ip()));
+            out.extend_from_slice(b"\r\n");
+        } else {
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if have.iter().all(|&h| h) {
+        out.extend_from_slice(b"Server: siplb\r\nContent-Length: 0\r\n\r\n");
+        Some(out)
+    } else {
+        None
+    }
+}
+
+fn memchr_nl(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == b'\n')
+}
+
+/// True when the request's top Route names one of `ours` (host and port).
+pub fn route_is_ours(value: &[u8], ours: &[SocketAddr]) -> bool {
+    let Ok(na) = siplb_parser::NameAddr::parse(value) else {
+        return false;
+    };
+    let Ok(u) = Uri::parse(na.uri) else {
+        return false;
+    };
+    let Some(ip) = host_ip(u.host) else {
+        return false;
+    };
+    let port = u.port.unwrap_or(5060);
+    ours.iter().any(|a| a.ip() == ip && a.port() == port)
+}
+
+/// The dialog id in a Route value written by siplb, if any.
+pub fn route_dialog(value: &[u8]) -> Option<DialogId> {
+    let na = siplb_parser::NameAddr::parse(value).ok()?;
+    let u = Uri::parse(na.uri).ok()?;
+    DialogId::decode(u.param(DIALOG_PARAM)??)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let b = BranchId {
+            epoch: 0xdead,
+            worker: 3,
+            index: 77,
+            generation: 9,
+            attempt: 2,
+        };
+        let text = b.encode();
+        assert!(text.starts_with(b"z9hG4bK"));
+        assert_eq!(BranchId::decode(&text), Some(b));
+        assert_eq!(BranchId::decode(b"z9hG4bKslb1.2"), None);
+        assert_eq!(BranchId::decode(b"z9hG4bK1234"), None);
+        let d = DialogId {
+            epoch: 1,
+            worker: 0,
+            index: 5,
+            generation: 1,
+        };
+        assert_eq!(DialogId::decode(&d.encode()), Some(d));
+        assert_eq!(DialogId::decode(b"zz"), None);
+        let route = format!("<sip:127.0.0.1:5060;lr;did={}>", String::from_utf8(d.encode()).unwrap());
+        assert_eq!(route_dialog(route.as_bytes()), Some(d));
+        assert!(route_is_ours(route.as_bytes(), &["127.0.0.1:5060".parse().unwrap()]));
+        assert!(!route_is_ours(route.as_bytes(), &["127.0.0.1:5061".parse().unwrap()]));
+    }
+
+    #[test]
+    fn bad_request_needs_the_mandatory_lines() {
+        let src = "10.0.0.1:5070".parse().unwrap();
+        let m = b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a>;tag=1\r\nTo: <sip:b>\r\nCall-ID: c\r\nCSeq: x INVITE\r\n\r\n";
+        let r = bad_request(m, src, "bad CSeq").unwrap();
+        let r = String::from_utf8(r).unwrap();
+        assert!(r.starts_with("SIP/2.0 400 "), "{r}");
+        assert!(r.contains("received=10.0.0.1"));
+        assert!(bad_request(b"INVITE sip:x SIP/2.0\r\nVia: x\r\n\r\n", src, "x").is_none());
+        assert!(bad_request(b"SIP/2.0 200 OK\r\n\r\n", src, "x").is_none());
+        assert!(bad_request(b"\x00\x01garbage", src, "x").is_none());
+    }
+}

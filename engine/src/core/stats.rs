@@ -1,0 +1,93 @@
+//! Per-worker statistics: written by one worker, read by anyone (relaxed
+//! atomics); the admin API sums them over workers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters of one worker.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// `(name, value)` pairs, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+stats! {
+    /// Requests received.
+    rx_requests,
+    /// Responses received.
+    rx_responses,
+    /// Requests relayed (first sends, not retransmissions).
+    relayed_requests,
+    /// Responses relayed.
+    relayed_responses,
+    /// Replies generated locally (100 Trying excluded).
+    local_replies,
+    /// Retransmissions sent by siplb's timers.
+    retransmissions,
+    /// Retransmitted requests absorbed by a server transaction.
+    absorbed,
+    /// Calls moved to another destination.
+    failovers,
+    /// Dialogs in the early state now.
+    early_dialogs,
+    /// Confirmed dialogs now (OpenSIPS `active_dialogs`).
+    active_dialogs,
+    /// Dialogs created so far.
+    processed_dialogs,
+    /// Dialogs ended by lifetime expiry.
+    expired_dialogs,
+    /// Dialogs that failed before confirmation.
+    failed_dialogs,
+    /// Dropped: not parseable and no 400 could be addressed.
+    drop_malformed,
+    /// Dropped: larger than the limit.
+    drop_too_big,
+    /// Dropped: a response with no transaction and no Via of ours.
+    drop_stray_response,
+    /// Dropped: an ACK matching nothing.
+    drop_stray_ack,
+    /// Dropped: next hop cannot be resolved (not an IP address).
+    drop_unroutable,
+    /// Dropped: a late 2xx from a destination the call left.
+    drop_late_2xx,
+    /// 400 replies to malformed requests.
+    bad_requests,
+    /// 481 replies (unknown dialog or transaction).
+    unknown_dialogs,
+    /// 483 replies (Max-Forwards exhausted).
+    too_many_hops,
+    /// 503 replies because every destination was full.
+    full,
+    /// Replies because no destination was eligible.
+    no_destination,
+    /// Requests refused because the transaction table was full.
+    table_full,
+    /// Datagrams passed to their owner worker.
+    handoffs,
+}
+
+impl Stats {
+    /// Adds one.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subtracts one, saturating.
+    pub fn dec(counter: &AtomicU64) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    /// Reads.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
