@@ -11,8 +11,10 @@
 //! - [`lb`]: destinations and their lock-free load counters.
 //! - [`config`]: the TOML configuration.
 
+pub mod admin;
 pub mod config;
 pub mod core;
 pub mod lb;
+pub mod runtime;
 
 pub use siplb_parser as parser;

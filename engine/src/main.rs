@@ -1,6 +1,9 @@
-//! The `siplb` binary.
+//! The `siplb` binary: command line, logging, signals.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -15,7 +18,7 @@ struct Cli {
     /// Configuration file.
     #[arg(short, long)]
     config: Option<PathBuf>,
-    /// More logging (-v debug, -vv trace).
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
@@ -24,17 +27,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Validate a configuration file and exit.
+    /// Validate a configuration file and exit (status 1 on error).
     CheckConfig {
         /// The file.
         file: PathBuf,
     },
 }
 
+/// Set by SIGINT/SIGTERM.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SIGNALLED.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; sigaction is given a zeroed, valid struct.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::CheckConfig { file }) => match siplb::config::Config::load(&file) {
+    if let Some(Command::CheckConfig { file }) = &cli.command {
+        match siplb::config::Config::load(file) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} listen address(es), {} worker(s), {} destination(s), {} rule(s))",
@@ -44,19 +67,59 @@ fn main() -> anyhow::Result<()> {
                     c.destinations.len(),
                     c.rules.len()
                 );
-                Ok(())
+                return Ok(());
             }
             Err(e) => {
                 eprintln!("siplb: {e}");
                 std::process::exit(1);
             }
-        },
-        None => {
-            let path = cli
-                .config
-                .context("--config FILE is required (or: siplb check-config FILE)")?;
-            let _config = siplb::config::Config::load(&path)?;
-            anyhow::bail!("the runtime is not built yet")
         }
     }
+    let path = cli
+        .config
+        .context("--config FILE is required (or: siplb check-config FILE)")?;
+    let config = match siplb::config::Config::load(&path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("siplb: {e}");
+            std::process::exit(1);
+        }
+    };
+    let level = match cli.verbose {
+        0 => config.log_level.clone(),
+        1 => "debug".into(),
+        _ => "trace".into(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    install_signal_handlers();
+    let runtime = siplb::runtime::Runtime::start(config.clone()).context("starting workers")?;
+    let admin = match config.admin {
+        Some(addr) => {
+            let view = siplb::admin::View {
+                table: runtime.table.clone(),
+                stats: runtime.stats.clone(),
+            };
+            Some(siplb::admin::start(addr, view, runtime.stop_flag()).with_context(|| format!("admin API on {addr}"))?)
+        }
+        None => None,
+    };
+    while !SIGNALLED.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    let stop = runtime.stop_flag();
+    let table = runtime.table.clone();
+    runtime.stop();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(a) = admin {
+        let _ = a.join();
+    }
+    tracing::info!(load_left = table.total_load(), "stopped");
+    Ok(())
 }

@@ -73,6 +73,8 @@ stats! {
     table_full,
     /// Datagrams passed to their owner worker.
     handoffs,
+    /// Dropped: the owner worker's hand-off queue was full.
+    drop_handoff,
 }
 
 impl Stats {

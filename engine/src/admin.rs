@@ -1,0 +1,267 @@
+//! The admin API: JSON-RPC 2.0 over HTTP `POST /mi`, OpenSIPS MI names.
+//!
+//! Served by its own thread (never a worker). It reads the shared
+//! destination table and the per-worker statistics (relaxed atomics) and
+//! never touches worker-owned state.
+//!
+//! Commands so far:
+//! - `which`: the command list (what `opensips-cli` asks first), or with
+//!   `{"command": C}` its parameter-name lists;
+//! - `lb_list` / `load_balancer:list`: destinations with id, group, uri,
+//!   enabled, and resources with name, max and load (OpenSIPS shape);
+//! - `get_statistics` (`statistics` as a list of names, `group:` prefixes
+//!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`.
+//!
+//! `GET /metrics` serves the same counters in Prometheus text.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::core::Stats;
+use crate::lb::Table;
+
+/// What the admin thread can see.
+#[derive(Clone)]
+pub struct View {
+    /// Destinations and load.
+    pub table: Arc<Table>,
+    /// Per-worker statistics.
+    pub stats: Vec<Arc<Stats>>,
+}
+
+const COMMANDS: &[&str] = &["which", "lb_list", "load_balancer:list", "get_statistics"];
+
+/// Starts the admin server on `addr`; it exits when `stop` is set.
+pub fn start(addr: SocketAddr, view: View, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    let server = tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(e.to_string()))?;
+    tracing::info!(%addr, "admin API at POST /mi");
+    std::thread::Builder::new().name("siplb-admin".into()).spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let req = match server.recv_timeout(Duration::from_millis(100)) {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin API receive failed");
+                    continue;
+                }
+            };
+            serve(req, &view);
+        }
+    })
+}
+
+fn serve(mut req: tiny_http::Request, view: &View) {
+    let json_header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static");
+    let url = req.url().to_string();
+    let method = req.method().clone();
+    let response = match (method, url.as_str()) {
+        (tiny_http::Method::Post, "/mi") => {
+            let mut body = String::new();
+            let reply = if std::io::Read::read_to_string(&mut req.as_reader(), &mut body).is_err() {
+                error(Value::Null, -32700, "Parse error")
+            } else {
+                handle(&body, view)
+            };
+            tiny_http::Response::from_string(reply.to_string()).with_header(json_header)
+        }
+        (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(metrics(view)),
+        _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+    };
+    let _ = req.respond(response);
+}
+
+fn error(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id})
+}
+
+/// Handles one JSON-RPC request body; returns the response object.
+pub fn handle(body: &str, view: &View) -> Value {
+    let Ok(req) = serde_json::from_str::<Value>(body) else {
+        return error(Value::Null, -32700, "Parse error");
+    };
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    let Some(method) = req.get("method").and_then(Value::as_str) else {
+        return error(id, -32600, "Invalid Request");
+    };
+    let params = req.get("params").cloned().unwrap_or(Value::Null);
+    let result = match method {
+        "which" => match params.get("command").and_then(Value::as_str) {
+            Some("get_statistics") => json!([["statistics"]]),
+            Some(c) if COMMANDS.contains(&c) => json!([[]]),
+            Some(_) => return error(id, -32601, "Method not found"),
+            None => json!(COMMANDS),
+        },
+        "lb_list" | "load_balancer:list" => lb_list(view),
+        "get_statistics" => {
+            let wanted: Vec<String> = match &params {
+                Value::Array(a) => a.iter().flat_map(names).collect(),
+                Value::Object(o) => o.get("statistics").map(names).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            if wanted.is_empty() {
+                return error(id, -32602, "Invalid params");
+            }
+            statistics(view, &wanted)
+        }
+        _ => return error(id, -32601, "Method not found"),
+    };
+    json!({"jsonrpc": "2.0", "result": result, "id": id})
+}
+
+fn names(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => s.split_whitespace().map(String::from).collect(),
+        Value::Array(a) => a.iter().flat_map(names).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `lb_list` in OpenSIPS's shape.
+pub fn lb_list(view: &View) -> Value {
+    let names = view.table.resource_names();
+    let dests: Vec<Value> = view
+        .table
+        .destinations()
+        .iter()
+        .map(|d| {
+            let resources: Vec<Value> = d
+                .config
+                .resources
+                .iter()
+                .filter_map(|&(rid, _)| {
+                    let c = d.counter(rid)?;
+                    Some(json!({"name": names.get(rid)?, "max": c.capacity(), "load": c.load()}))
+                })
+                .collect();
+            json!({
+                "id": d.config.id,
+                "group": d.config.group,
+                "uri": d.config.uri,
+                "enabled": if d.enabled() { "yes" } else { "no" },
+                "auto-re": if d.config.probe_mode == 0 { "off" } else { "on" },
+                "Resources": resources,
+            })
+        })
+        .collect();
+    json!({ "Destinations": dests })
+}
+
+fn qualified(name: &str) -> String {
+    let dialog = matches!(
+        name,
+        "early_dialogs" | "active_dialogs" | "processed_dialogs" | "expired_dialogs" | "failed_dialogs"
+    );
+    if dialog {
+        format!("dialog:{name}")
+    } else {
+        format!("siplb:{name}")
+    }
+}
+
+/// `get_statistics` for names (`group:name`, `group:` or `all`).
+pub fn statistics(view: &View, wanted: &[String]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, v) in crate::runtime::sum_stats(&view.stats) {
+        let q = qualified(name);
+        let group = &q[..=q.find(':').unwrap_or(0)];
+        if wanted
+            .iter()
+            .any(|w| w == "all" || *w == q || w == name || (w.ends_with(':') && w == group))
+        {
+            out.insert(q, json!(v));
+        }
+    }
+    Value::Object(out)
+}
+
+/// Prometheus text exposition of the counters and loads.
+pub fn metrics(view: &View) -> String {
+    let mut s = String::new();
+    for (name, v) in crate::runtime::sum_stats(&view.stats) {
+        s.push_str(&format!("siplb_{name} {v}\n"));
+    }
+    let names = view.table.resource_names();
+    for d in view.table.destinations() {
+        for &(rid, _) in &d.config.resources {
+            if let (Some(c), Some(r)) = (d.counter(rid), names.get(rid)) {
+                let labels = format!(
+                    "group=\"{}\",destination=\"{}\",resource=\"{r}\"",
+                    d.config.group, d.config.id
+                );
+                s.push_str(&format!("siplb_destination_load{{{labels}}} {}\n", c.load()));
+                s.push_str(&format!("siplb_destination_capacity{{{labels}}} {}\n", c.capacity()));
+            }
+        }
+        s.push_str(&format!(
+            "siplb_destination_enabled{{group=\"{}\",destination=\"{}\"}} {}\n",
+            d.config.group,
+            d.config.id,
+            u8::from(d.enabled())
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn view() -> View {
+        let c = Config::parse(include_str!("../../examples/siplb.toml")).unwrap();
+        View {
+            table: Arc::new(Table::new(&c.destinations, &c.resource_names)),
+            stats: vec![Arc::new(Stats::default()), Arc::new(Stats::default())],
+        }
+    }
+
+    #[test]
+    fn lb_list_shape() {
+        let v = view();
+        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_list","id":"1"}"#, &v);
+        assert_eq!(r["id"], "1");
+        let d = &r["result"]["Destinations"][1];
+        assert_eq!(d["id"], 2);
+        assert_eq!(d["uri"], "sip:127.0.0.1:5082");
+        assert_eq!(d["enabled"], "yes");
+        assert_eq!(d["Resources"][0], json!({"name": "pstn", "max": 32, "load": 0}));
+        let r2 = handle(r#"{"jsonrpc":"2.0","method":"load_balancer:list","id":2}"#, &v);
+        assert_eq!(r2["result"], r["result"]);
+    }
+
+    #[test]
+    fn statistics_sum_over_workers() {
+        let v = view();
+        Stats::inc(&v.stats[0].processed_dialogs);
+        Stats::inc(&v.stats[1].processed_dialogs);
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"get_statistics","params":{"statistics":["dialog:"]},"id":1}"#,
+            &v,
+        );
+        assert_eq!(r["result"]["dialog:processed_dialogs"], 2);
+        assert_eq!(r["result"]["dialog:active_dialogs"], 0);
+        assert!(r["result"].get("siplb:rx_requests").is_none());
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"get_statistics","params":[["all"]],"id":1}"#,
+            &v,
+        );
+        assert_eq!(r["result"]["siplb:rx_requests"], 0);
+    }
+
+    #[test]
+    fn which_and_errors() {
+        let v = view();
+        let r = handle(r#"{"jsonrpc":"2.0","method":"which","params":{},"id":"7"}"#, &v);
+        assert!(r["result"].as_array().unwrap().contains(&json!("lb_list")));
+        let r = handle(r#"{"jsonrpc":"2.0","method":"nope","id":1}"#, &v);
+        assert_eq!(r["error"]["code"], -32601);
+        let r = handle("{", &v);
+        assert_eq!(r["error"]["code"], -32700);
+        assert!(metrics(&v).contains("siplb_destination_load{group=\"1\",destination=\"1\",resource=\"pstn\"} 0"));
+    }
+}

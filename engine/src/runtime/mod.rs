@@ -1,0 +1,344 @@
+//! The runtime: worker threads, sockets, timers and hand-off around the
+//! sans-IO [`Proxy`].
+//!
+//! One worker per configured core, optionally pinned. Each owns:
+//! - one `SO_REUSEPORT` socket on every public listen address,
+//! - its private internal socket (`internal_address`, port base + index),
+//!   named in the Via siplb adds, so backend replies reach it directly,
+//! - a [`Proxy`] (its transactions, dialogs and timers),
+//! - a bounded crossbeam queue plus an eventfd: datagrams that another
+//!   worker received but this one owns (the Record-Route `did` or the Via
+//!   branch says so) arrive there.
+//!
+//! The loop: `epoll_wait` until a socket is readable, the queue has work,
+//! or the proxy's next timer; drain sockets with `recvmmsg`; feed the
+//! proxy; fire timers; send everything with `sendmmsg`.
+//!
+//! I/O: epoll + recvmmsg/sendmmsg. The io_uring path is not built yet;
+//! `io = "io_uring"` and `"auto"` use epoll and say so in the log.
+//!
+//! Stop: set the stop flag; each worker leaves its loop within 100 ms,
+//! ends its dialogs (releasing their load) and exits.
+
+pub mod udp;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::config::{Config, IoMode};
+use crate::core::{Disposition, Local, Proxy, Stats, Transmit};
+use crate::lb::Table;
+
+/// Errors starting the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A socket could not be set up.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A datagram passed between workers.
+struct HandOff {
+    local: Local,
+    src: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// A running set of workers.
+pub struct Runtime {
+    /// The shared destination table.
+    pub table: Arc<Table>,
+    /// Per-worker statistics.
+    pub stats: Vec<Arc<Stats>>,
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Binds every socket, then starts the workers. Fails before any
+    /// thread starts when a socket cannot be bound.
+    pub fn start(cfg: Arc<Config>) -> Result<Runtime, RuntimeError> {
+        if cfg.io != IoMode::Epoll {
+            tracing::info!("io_uring is not available in this build; using epoll with recvmmsg/sendmmsg");
+        }
+        let table = Arc::new(Table::new(&cfg.destinations, &cfg.resource_names));
+        let stop = Arc::new(AtomicBool::new(false));
+        let n = cfg.workers;
+        let epoch = epoch();
+        let mut sockets = Vec::new();
+        for i in 0..n {
+            let mut publics = Vec::new();
+            for &addr in &cfg.listen {
+                publics.push(
+                    udp::bind(addr, true, cfg.socket_buffer).map_err(|source| RuntimeError::Bind { addr, source })?,
+                );
+            }
+            let addr = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base + i as u16);
+            let internal =
+                udp::bind(addr, false, cfg.socket_buffer).map_err(|source| RuntimeError::Bind { addr, source })?;
+            sockets.push((publics, internal));
+        }
+        let mut wakers = Vec::new();
+        let mut queues: Vec<(Sender<HandOff>, Receiver<HandOff>)> = Vec::new();
+        for _ in 0..n {
+            wakers.push(Arc::new(udp::EventFd::new().map_err(|source| RuntimeError::Io {
+                what: "eventfd",
+                source,
+            })?));
+            queues.push(crossbeam_channel::bounded(cfg.limits.handoff_queue));
+        }
+        let senders: Vec<Sender<HandOff>> = queues.iter().map(|q| q.0.clone()).collect();
+        let cores = if cfg.pin_cores {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut workers = Vec::new();
+        let mut all_stats = Vec::new();
+        for (i, ((publics, internal), (_, rx))) in sockets.into_iter().zip(queues).enumerate() {
+            let stats = Arc::new(Stats::default());
+            all_stats.push(stats.clone());
+            let seed = u64::from(epoch) << 16 | i as u64;
+            let proxy = Proxy::new(cfg.clone(), table.clone(), stats.clone(), i as u16, epoch, seed);
+            let w = Worker {
+                index: i,
+                proxy,
+                publics,
+                internal,
+                inbox: rx,
+                peers: senders.clone(),
+                wakers: wakers.clone(),
+                stop: stop.clone(),
+                stats,
+                max_message: cfg.limits.max_message_size,
+            };
+            let core = cores.get(i % cores.len().max(1)).copied();
+            let handle = std::thread::Builder::new()
+                .name(format!("siplb-w{i}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        if !core_affinity::set_for_current(c) {
+                            tracing::warn!(worker = i, "could not pin to a core");
+                        }
+                    }
+                    w.run();
+                })
+                .map_err(|source| RuntimeError::Io {
+                    what: "spawn worker",
+                    source,
+                })?;
+            workers.push(handle);
+        }
+        tracing::info!(
+            workers = n,
+            listen = ?cfg.listen,
+            internal = %SocketAddr::new(cfg.internal_ip, cfg.internal_port_base),
+            "siplb running"
+        );
+        Ok(Runtime {
+            table,
+            stats: all_stats,
+            stop,
+            workers,
+        })
+    }
+
+    /// The flag that stops the workers.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Asks the workers to stop and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+
+    /// Statistics summed over workers, in declaration order.
+    pub fn statistics(&self) -> Vec<(&'static str, u64)> {
+        sum_stats(&self.stats)
+    }
+}
+
+/// Sums per-worker statistics.
+pub fn sum_stats(stats: &[Arc<Stats>]) -> Vec<(&'static str, u64)> {
+    let mut total: Vec<(&'static str, u64)> = Vec::new();
+    for s in stats {
+        for (i, (name, v)) in s.snapshot().into_iter().enumerate() {
+            match total.get_mut(i) {
+                Some(t) => t.1 += v,
+                None => total.push((name, v)),
+            }
+        }
+    }
+    total
+}
+
+/// A per-process value that differs between restarts.
+fn epoch() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (t.as_secs() as u32).wrapping_mul(2_654_435_761) ^ t.subsec_nanos() ^ std::process::id()
+}
+
+const INTERNAL_TOKEN: u64 = 1 << 32;
+const WAKE_TOKEN: u64 = 2 << 32;
+const BATCH: usize = 32;
+
+struct Worker {
+    index: usize,
+    proxy: Proxy,
+    publics: Vec<UdpSocket>,
+    internal: UdpSocket,
+    inbox: Receiver<HandOff>,
+    peers: Vec<Sender<HandOff>>,
+    wakers: Vec<Arc<udp::EventFd>>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+    max_message: usize,
+}
+
+impl Worker {
+    fn run(mut self) {
+        if let Err(e) = self.run_loop() {
+            tracing::error!(worker = self.index, error = %e, "worker failed");
+        }
+        self.proxy.shutdown();
+        self.flush();
+        tracing::debug!(worker = self.index, "worker stopped");
+    }
+
+    fn run_loop(&mut self) -> std::io::Result<()> {
+        let epoll = udp::Epoll::new()?;
+        for (i, s) in self.publics.iter().enumerate() {
+            epoll.add(s.as_raw_fd(), i as u64)?;
+        }
+        epoll.add(self.internal.as_raw_fd(), INTERNAL_TOKEN)?;
+        let waker = self.wakers[self.index].clone();
+        epoll.add(waker.raw(), WAKE_TOKEN)?;
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 16];
+        // One byte more than the limit, so oversized datagrams are seen as such.
+        let mut batch = udp::RecvBatch::new(BATCH, self.max_message + 1);
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let wait = self
+                .proxy
+                .poll_timeout()
+                .map_or(Duration::from_millis(100), |t| {
+                    // Round up so the timer is due when we wake.
+                    t.saturating_duration_since(now) + Duration::from_micros(999)
+                })
+                .min(Duration::from_millis(100));
+            let n = epoll.wait(&mut events, wait)?;
+            for ev in &events[..n] {
+                let token = ev.u64;
+                if token == WAKE_TOKEN {
+                    waker.drain();
+                    continue;
+                }
+                let (fd, local) = if token == INTERNAL_TOKEN {
+                    (self.internal.as_raw_fd(), Local::Internal)
+                } else {
+                    let i = token as usize;
+                    (self.publics[i].as_raw_fd(), Local::Public(i as u8))
+                };
+                // Bounded so one busy socket cannot starve the rest.
+                for _ in 0..8 {
+                    let got = batch.recv(fd)?;
+                    let now = Instant::now();
+                    for i in 0..got {
+                        if let Some((bytes, src, truncated)) = batch.get(i) {
+                            if truncated {
+                                Stats::inc(&self.stats.drop_too_big);
+                                continue;
+                            }
+                            self.input(now, local, src, bytes);
+                        }
+                    }
+                    self.flush();
+                    if got < BATCH {
+                        break;
+                    }
+                }
+            }
+            let now = Instant::now();
+            while let Ok(h) = self.inbox.try_recv() {
+                self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
+            }
+            if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
+                self.proxy.handle_timeout(now);
+            }
+            self.flush();
+        }
+        Ok(())
+    }
+
+    fn input(&mut self, now: Instant, local: Local, src: SocketAddr, bytes: &[u8]) {
+        if let Disposition::HandOff(w) = self.proxy.handle_datagram(now, local, src, bytes, false) {
+            let w = usize::from(w);
+            let Some(peer) = self.peers.get(w) else {
+                // Not a worker of this process (a stale id): handle here.
+                self.proxy.handle_datagram(now, local, src, bytes, true);
+                return;
+            };
+            let h = HandOff {
+                local,
+                src,
+                bytes: bytes.to_vec(),
+            };
+            match peer.try_send(h) {
+                Ok(()) => self.wakers[w].notify(),
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    Stats::inc(&self.stats.drop_handoff);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut internal: Vec<Transmit> = Vec::new();
+        let mut public: Vec<Transmit> = Vec::new();
+        while let Some(t) = self.proxy.poll_transmit() {
+            match t.local {
+                Local::Internal => internal.push(t),
+                Local::Public(_) => public.push(t),
+            }
+        }
+        if !internal.is_empty() {
+            let items: Vec<(SocketAddr, &[u8])> = internal.iter().map(|t| (t.dst, &t.payload[..])).collect();
+            udp::send_batch(self.internal.as_raw_fd(), &items);
+        }
+        for (i, s) in self.publics.iter().enumerate() {
+            let items: Vec<(SocketAddr, &[u8])> = public
+                .iter()
+                .filter(|t| t.local == Local::Public(i as u8))
+                .map(|t| (t.dst, &t.payload[..]))
+                .collect();
+            if !items.is_empty() {
+                udp::send_batch(s.as_raw_fd(), &items);
+            }
+        }
+    }
+}
