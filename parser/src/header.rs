@@ -67,34 +67,34 @@ impl HeaderKind {
             };
         }
         // One candidate per (length, first letter): a single comparison.
-        let (long, kind): (&[u8], HeaderKind) = match (name.len(), name[0] | 0x20) {
-            (2, b't') => (b"To", HeaderKind::To),
-            (3, b'v') => (b"Via", HeaderKind::Via),
-            (4, b'f') => (b"From", HeaderKind::From),
-            (4, b'c') => (b"CSeq", HeaderKind::CSeq),
-            (5, b'r') => (b"Route", HeaderKind::Route),
-            (5, b'e') => (b"Event", HeaderKind::Event),
-            (7, b'c') if name[1] | 0x20 == b'a' => (b"Call-ID", HeaderKind::CallId),
-            (7, b'c') => (b"Contact", HeaderKind::Contact),
-            (7, b's') => (b"Subject", HeaderKind::Subject),
-            (7, b'e') => (b"Expires", HeaderKind::Expires),
-            (8, b'r') => (b"Refer-To", HeaderKind::ReferTo),
-            (8, b'i') => (b"Identity", HeaderKind::Identity),
-            (9, b's') => (b"Supported", HeaderKind::Supported),
-            (11, b'r') => (b"Referred-By", HeaderKind::ReferredBy),
-            (12, b'r') => (b"Record-Route", HeaderKind::RecordRoute),
-            (12, b'm') => (b"Max-Forwards", HeaderKind::MaxForwards),
-            (12, b'c') => (b"Content-Type", HeaderKind::ContentType),
-            (12, b'a') => (b"Allow-Events", HeaderKind::AllowEvents),
-            (14, b'c') => (b"Content-Length", HeaderKind::ContentLength),
-            (14, b'a') => (b"Accept-Contact", HeaderKind::AcceptContact),
-            (14, b'r') => (b"Reject-Contact", HeaderKind::RejectContact),
-            (15, b's') => (b"Session-Expires", HeaderKind::SessionExpires),
-            (16, b'c') => (b"Content-Encoding", HeaderKind::ContentEncoding),
-            (19, b'r') => (b"Request-Disposition", HeaderKind::RequestDisposition),
+        let (lower, kind): (&[u8], HeaderKind) = match (name.len(), name[0] | 0x20) {
+            (2, b't') => (b"to", HeaderKind::To),
+            (3, b'v') => (b"via", HeaderKind::Via),
+            (4, b'f') => (b"from", HeaderKind::From),
+            (4, b'c') => (b"cseq", HeaderKind::CSeq),
+            (5, b'r') => (b"route", HeaderKind::Route),
+            (5, b'e') => (b"event", HeaderKind::Event),
+            (7, b'c') if name[1] | 0x20 == b'a' => (b"call-id", HeaderKind::CallId),
+            (7, b'c') => (b"contact", HeaderKind::Contact),
+            (7, b's') => (b"subject", HeaderKind::Subject),
+            (7, b'e') => (b"expires", HeaderKind::Expires),
+            (8, b'r') => (b"refer-to", HeaderKind::ReferTo),
+            (8, b'i') => (b"identity", HeaderKind::Identity),
+            (9, b's') => (b"supported", HeaderKind::Supported),
+            (11, b'r') => (b"referred-by", HeaderKind::ReferredBy),
+            (12, b'r') => (b"record-route", HeaderKind::RecordRoute),
+            (12, b'm') => (b"max-forwards", HeaderKind::MaxForwards),
+            (12, b'c') => (b"content-type", HeaderKind::ContentType),
+            (12, b'a') => (b"allow-events", HeaderKind::AllowEvents),
+            (14, b'c') => (b"content-length", HeaderKind::ContentLength),
+            (14, b'a') => (b"accept-contact", HeaderKind::AcceptContact),
+            (14, b'r') => (b"reject-contact", HeaderKind::RejectContact),
+            (15, b's') => (b"session-expires", HeaderKind::SessionExpires),
+            (16, b'c') => (b"content-encoding", HeaderKind::ContentEncoding),
+            (19, b'r') => (b"request-disposition", HeaderKind::RequestDisposition),
             _ => return HeaderKind::Other,
         };
-        if lex::eq_ic(long, name) {
+        if lex::eq_lower(name, lower) {
             kind
         } else {
             HeaderKind::Other

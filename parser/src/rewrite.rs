@@ -157,20 +157,26 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
         .last()
         .map_or(msg.start_line_end(), |v| line_of(v).end as usize);
 
-    let mut cuts: [Option<Cut<'x>>; MAX_CUTS] = [None; MAX_CUTS];
+    const E: &[u8] = b"";
+    let unused = Cut {
+        start: usize::MAX,
+        end: usize::MAX,
+        insert: [E; 4],
+        order: usize::MAX,
+    };
+    let mut cuts: [Cut<'x>; MAX_CUTS] = [unused; MAX_CUTS];
     let mut ncuts = 0;
     let mut add = |start: usize, end: usize, insert: [&'x [u8]; 4]| -> Result<(), RewriteError> {
         let slot = cuts.get_mut(ncuts).ok_or(RewriteError::TooManyPieces)?;
-        *slot = Some(Cut {
+        *slot = Cut {
             start,
             end,
             insert,
             order: ncuts,
-        });
+        };
         ncuts += 1;
         Ok(())
     };
-    const E: &[u8] = b"";
 
     for edit in edits {
         match *edit {
@@ -235,16 +241,15 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
         }
     }
 
-    let mut cuts: [Cut<'x>; MAX_CUTS] = cuts.map(|c| {
-        c.unwrap_or(Cut {
-            start: usize::MAX,
-            end: usize::MAX,
-            insert: [E; 4],
-            order: usize::MAX,
-        })
-    });
     let cuts = &mut cuts[..ncuts];
-    cuts.sort_unstable_by_key(|c| (c.start, c.order));
+    // Insertion sort: a handful of cuts, usually already in order.
+    for i in 1..cuts.len() {
+        let mut j = i;
+        while j > 0 && (cuts[j - 1].start, cuts[j - 1].order) > (cuts[j].start, cuts[j].order) {
+            cuts.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 
     let mut out = Rewrite {
         pieces: [E; MAX_PIECES],

@@ -21,22 +21,15 @@ struct Cursor<'a> {
     /// Scanning never looks at or past this offset (message size limit).
     limit: usize,
     allow_bare_lf: bool,
-    /// Successive LFs of `buf[base..limit]`: lines are read in order, so one
-    /// SIMD search feeds them all instead of a search per line.
-    lfs: memchr::Memchr<'a>,
-    base: usize,
 }
 
 impl Cursor<'_> {
-    /// The next line, which must start at `from` (the byte after the
-    /// previous line's LF, or the start line).
+    /// The line starting at `from`.
     #[inline]
     fn line(&mut self, from: usize) -> Result<Line, Error> {
-        let Some(lf) = self.lfs.next() else {
+        let Some(lf) = lex::find_lf(&self.buf[..self.limit], from) else {
             return Ok(Line::Missing);
         };
-        let lf = self.base + lf;
-        debug_assert!(lf >= from);
         let content_end = if lf > from && self.buf[lf - 1] == b'\r' {
             lf - 1
         } else if self.allow_bare_lf {
@@ -86,8 +79,6 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
         buf,
         limit,
         allow_bare_lf: options.allow_bare_lf,
-        lfs: memchr::memchr_iter(b'\n', &buf[start..limit]),
-        base: start,
     };
 
     // Start line.

@@ -137,13 +137,13 @@ impl<'a> Via<'a> {
                 i = lex::skip_lws(s, i);
             }
             match (name.len(), name[0] | 0x20) {
-                (6, b'b') if lex::eq_ic(name, b"branch") => {
+                (6, b'b') if lex::eq_lower(name, b"branch") => {
                     via.branch = Some(value.filter(|v| !v.is_empty()).ok_or(bad)?);
                 }
-                (8, b'r') if lex::eq_ic(name, b"received") => {
+                (8, b'r') if lex::eq_lower(name, b"received") => {
                     via.received = Some(value.filter(|v| !v.is_empty()).ok_or(bad)?);
                 }
-                (5, b'r') if lex::eq_ic(name, b"rport") => {
+                (5, b'r') if lex::eq_lower(name, b"rport") => {
                     via.rport = match value {
                         None => Rport::Requested,
                         Some(p) => Rport::Value(lex::parse_u32(p, 5).and_then(|n| u16::try_from(n).ok()).ok_or(bad)?),
@@ -176,7 +176,7 @@ impl<'a> Via<'a> {
 #[inline]
 fn protocol_fast(s: &[u8]) -> Option<(&[u8], usize)> {
     let prefix = s.get(..8)?;
-    if !lex::eq_ic(prefix, b"SIP/2.0/") {
+    if !lex::eq_lower(prefix, b"sip/2.0/") {
         return None;
     }
     let mut i = 8;
