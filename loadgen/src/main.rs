@@ -63,6 +63,10 @@ struct Common {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Cores to pin the threads to, e.g. `1` or `0,1` (default: all, in
+    /// order). Give a UAC and a UAS on one machine different cores.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
     /// Print the final summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -273,6 +277,7 @@ fn run_options(common: &Common, calls: Option<u64>, duration: Option<f64>) -> Ru
     RunOptions {
         threads: common.threads.unwrap_or_else(runtime::default_threads).max(1),
         pin: !common.no_pin,
+        cpus: common.cpus.clone(),
         period: Duration::from_secs_f64(common.period.max(0.05)),
         duration: duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
         calls,
@@ -432,7 +437,8 @@ fn ramp(a: RampArgs) -> Result<i32> {
             );
         }
         steps.push(step);
-        std::thread::sleep(Duration::from_millis(500));
+        // Let the target drain retransmissions of an overloaded step.
+        std::thread::sleep(Duration::from_secs(2));
         Ok(pass)
     };
     if !a.common.json {

@@ -123,6 +123,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Pin workers to cores.
     pub pin: bool,
+    /// Cores to pin to (thread i → `cpus[i % len]`); empty = all cores in
+    /// order. Lets a UAC and a UAS on one machine use different cores.
+    pub cpus: Vec<usize>,
     /// Sampling period of the reports.
     pub period: Duration,
     /// Stop after this long (UAC: stop placing calls; UAS: stop).
@@ -359,11 +362,18 @@ fn flush<E: Engine>(sock: &mut Socket, engine: &mut E) {
     st.send_errors += failed;
 }
 
-fn pin(index: usize) {
-    if let Some(cores) = core_affinity::get_core_ids() {
-        if !cores.is_empty() {
-            core_affinity::set_for_current(cores[index % cores.len()]);
-        }
+fn pin(index: usize, cpus: &[usize]) {
+    let Some(cores) = core_affinity::get_core_ids() else {
+        return;
+    };
+    let core = if cpus.is_empty() {
+        cores.get(index % cores.len().max(1))
+    } else {
+        let want = cpus[index % cpus.len()];
+        cores.iter().find(|c| c.id == want)
+    };
+    if let Some(c) = core {
+        core_affinity::set_for_current(*c);
     }
 }
 
@@ -485,9 +495,10 @@ pub fn run_uac(
             let shared = &shared;
             let cpu = &cpu;
             let pin_it = opts.pin;
+            let cpus = &opts.cpus;
             handles.push(scope.spawn(move || {
                 if pin_it {
-                    pin(i);
+                    pin(i, cpus);
                 }
                 let t = worker(sock, Uac::new(config), Some(pacer), shared, i, None);
                 if let Ok(mut c) = cpu.lock() {
@@ -551,10 +562,11 @@ pub fn run_uas(
             let shared = &shared;
             let cpu = &cpu;
             let pin_it = opts.pin;
+            let cpus = &opts.cpus;
             let calls = opts.calls;
             handles.push(scope.spawn(move || {
                 if pin_it {
-                    pin(i);
+                    pin(i, cpus);
                 }
                 let t = worker(sock, Uas::new(config), None, shared, i, calls);
                 if let Ok(mut c) = cpu.lock() {
