@@ -5,31 +5,11 @@
 //! Run: `cargo bench -p siplb-bench --bench parser`
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use siplb_bench::{BYE, INVITE, OK_200};
+use siplb_bench::{relay_edits, BYE, INVITE, OK_200};
 use siplb_parser::rewrite::rewrite;
-use siplb_parser::{scan_datagram, Edit};
+use siplb_parser::scan_datagram;
 
 const MESSAGES: [(&str, &[u8]); 3] = [("invite", INVITE), ("200ok", OK_200), ("bye", BYE)];
-
-/// The edits siplb makes when relaying each kind of message.
-fn relay_edits(name: &str) -> &'static [Edit<'static>] {
-    match name {
-        // Requests: our Via on top, Record-Route, Max-Forwards - 1 (and
-        // our own Route entry removed for in-dialog requests).
-        "invite" => &[
-            Edit::PrependVia(b"SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKsiplb.0.17.3"),
-            Edit::InsertRecordRoute(b"<sip:127.0.0.1:5060;lr;w=0;d=17>"),
-            Edit::SetMaxForwards(67),
-        ],
-        "bye" => &[
-            Edit::PrependVia(b"SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKsiplb.0.18.1"),
-            Edit::RemoveFirstRoute,
-            Edit::SetMaxForwards(69),
-        ],
-        // Responses: our Via off.
-        _ => &[Edit::RemoveTopVia],
-    }
-}
 
 fn scan_only(c: &mut Criterion) {
     let mut g = c.benchmark_group("scan");

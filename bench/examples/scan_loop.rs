@@ -1,26 +1,39 @@
-//! Scans (and rewrites) the sample INVITE in a loop; for profilers and
-//! instruction counting: `valgrind --tool=callgrind target/release/examples/scan_loop 10000`.
-use siplb_bench::INVITE;
+//! Scans (and rewrites) a sample message in a loop, for profilers and for
+//! instruction counts that a noisy machine cannot disturb:
+//!
+//! ```sh
+//! cargo build --release -p siplb-bench --example scan_loop
+//! valgrind --tool=callgrind target/release/examples/scan_loop 10000 invite rewrite
+//! ```
+//!
+//! Arguments: iterations, message (`invite`, `200ok`, `bye`), mode (`scan`,
+//! `rewrite` = scan + the proxy's edits + copy out, `rsip` = parse with the
+//! rsip crate, `rsip-rewrite` = rsip parse + serialize).
+use siplb_bench::{relay_edits, sample};
 use siplb_parser::rewrite::rewrite;
-use siplb_parser::{scan_datagram, Edit};
+use siplb_parser::scan_datagram;
 use std::hint::black_box;
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let edits = [
-        Edit::PrependVia(b"SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKsiplb.0.17.3"),
-        Edit::InsertRecordRoute(b"<sip:127.0.0.1:5060;lr;w=0;d=17>"),
-        Edit::SetMaxForwards(67),
-    ];
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let name = args.next().unwrap_or_else(|| "invite".into());
+    let mode = args.next().unwrap_or_else(|| "rewrite".into());
+    let msg = sample(&name).expect("message: invite, 200ok or bye");
+    let edits = relay_edits(&name);
     let mut out = [0u8; 2048];
-    let mut total = 0;
+    let mut total = 0usize;
     for _ in 0..n {
-        let m = scan_datagram(black_box(INVITE)).unwrap();
-        let r = rewrite(&m, &edits).unwrap();
-        total += r.write_to(&mut out).unwrap();
+        total += match mode.as_str() {
+            "scan" => scan_datagram(black_box(msg)).unwrap().len(),
+            "rewrite" => {
+                let m = scan_datagram(black_box(msg)).unwrap();
+                rewrite(&m, edits).unwrap().write_to(&mut out).unwrap()
+            }
+            "rsip" => rsip::SipMessage::try_from(black_box(msg)).unwrap().body().len(),
+            "rsip-rewrite" => rsip::SipMessage::try_from(black_box(msg)).unwrap().to_string().len(),
+            other => panic!("unknown mode {other}"),
+        };
     }
     println!("{total}");
 }

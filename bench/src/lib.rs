@@ -62,3 +62,34 @@ Call-ID: 3c4b2a1f5e6d7c8b9a0f1e2d3c4b5a69@192.0.2.44\r\n\
 CSeq: 103 BYE\r\n\
 Content-Length: 0\r\n\
 \r\n";
+
+/// The sample messages by name: `invite`, `200ok`, `bye`.
+pub fn sample(name: &str) -> Option<&'static [u8]> {
+    match name {
+        "invite" => Some(INVITE),
+        "200ok" => Some(OK_200),
+        "bye" => Some(BYE),
+        _ => None,
+    }
+}
+
+/// The edits siplb makes when relaying each sample message.
+pub fn relay_edits(name: &str) -> &'static [siplb_parser::Edit<'static>] {
+    use siplb_parser::Edit;
+    match name {
+        // Initial request: our Via on top, Record-Route, Max-Forwards - 1.
+        "invite" => &[
+            Edit::PrependVia(b"SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKsiplb.0.17.3"),
+            Edit::InsertRecordRoute(b"<sip:127.0.0.1:5060;lr;w=0;d=17>"),
+            Edit::SetMaxForwards(67),
+        ],
+        // In-dialog request: our Via on top, our Route entry off, MF - 1.
+        "bye" => &[
+            Edit::PrependVia(b"SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKsiplb.0.18.1"),
+            Edit::RemoveFirstRoute,
+            Edit::SetMaxForwards(69),
+        ],
+        // Responses: our Via off.
+        _ => &[Edit::RemoveTopVia],
+    }
+}
