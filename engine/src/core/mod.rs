@@ -1045,8 +1045,12 @@ impl Proxy {
         let retry_after = self.cfg.failover.retry_after;
         let Some(t) = self.txns.get(k) else { return };
         let (local, dst, dialog, invite) = (t.local, t.src, t.dialog, t.invite);
-        let out = match resp {
-            Some(m) => self.relay_response(local, dst, m),
+        // A final without the caller's Via (some UAS answer the INVITE
+        // with the CANCEL's Vias) is answered locally with its code.
+        let relayed = resp.and_then(|m| self.relay_response(local, dst, m));
+        let Some(t) = self.txns.get(k) else { return };
+        let out = match relayed {
+            Some(out) => Some(out),
             None => {
                 let req = t.request.clone();
                 match scan_datagram(&req) {

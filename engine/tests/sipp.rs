@@ -1,0 +1,368 @@
+//! siplb between real SIPp user agents on loopback.
+//!
+//! Each test starts the `siplb` binary on its own ports with a generated
+//! config, starts SIPp UAS backends and a SIPp UAC (scenario files in
+//! `tests/sipp/`, written to follow Record-Route), checks SIPp's exit
+//! status, then asks the admin API that every counter is back to zero.
+//! Skipped, with a message, when `sipp` (Debian `sip-tester`) is missing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn sipp_available() -> bool {
+    let ok = Command::new("sipp")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        eprintln!("skipping: sipp is not installed (Debian package sip-tester)");
+    }
+    ok
+}
+
+fn scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("siplb-sipp-{name}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+/// A running siplb with its admin address.
+struct Siplb {
+    child: Child,
+    admin: u16,
+}
+
+impl Siplb {
+    /// `base`: listen port; base+1.. internal ports, base+9 admin.
+    fn start(name: &str, base: u16, dests: &[(u16, &str)], extra: &str) -> Siplb {
+        let mut cfg = format!(
+            "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\n\
+             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"epoll\"\nlog_level = \"info\"\n\
+             [admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [timers]\nfr_timeout = \"2s\"\nfr_inv_timeout = \"10s\"\n{extra}\n",
+            base + 1,
+            base + 9
+        );
+        for (i, (port, res)) in dests.iter().enumerate() {
+            cfg.push_str(&format!(
+                "[[destinations]]\nid = {}\ngroup = 1\nuri = \"sip:127.0.0.1:{port}\"\nresources = \"{res}\"\n",
+                i + 1
+            ));
+        }
+        cfg.push_str(
+            "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\nload_balance = { group = 1, resources = \"pstn\" }\n\
+             [[rules]]\nmethod = \"OPTIONS\"\nreply = { code = 200 }\n\
+             [[rules]]\nreply = { code = 405 }\n",
+        );
+        let dir = workdir(name);
+        let path = dir.join("siplb.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let log = std::fs::File::create(dir.join("siplb.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_siplb"))
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start siplb");
+        let s = Siplb { child, admin: base + 9 };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.try_rpc("which", json!({})).is_none() {
+            assert!(Instant::now() < deadline, "siplb did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
+        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "1"}).to_string();
+        let mut c = TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            c,
+            "POST /mi HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).ok()?;
+        let json = resp.split("\r\n\r\n").nth(1)?;
+        serde_json::from_str::<Value>(json).ok()?.get("result").cloned()
+    }
+
+    fn stat(&self, name: &str) -> u64 {
+        let r = self
+            .try_rpc("get_statistics", json!({"statistics": ["all"]}))
+            .expect("get_statistics");
+        r[name].as_u64().unwrap_or_else(|| panic!("no statistic {name} in {r}"))
+    }
+
+    fn loads(&self) -> Vec<u64> {
+        let r = self.try_rpc("lb_list", json!({})).expect("lb_list");
+        r["Destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|d| {
+                d["Resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["load"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    /// Every load and live-dialog gauge is zero.
+    fn assert_idle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let loads = self.loads();
+            let (a, e) = (self.stat("dialog:active_dialogs"), self.stat("dialog:early_dialogs"));
+            if loads.iter().all(|&l| l == 0) && a == 0 && e == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not idle: loads {loads:?}, active {a}, early {e}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Siplb {
+    fn drop(&mut self) {
+        // SIGTERM for a clean stop, then reap.
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SIPp process killed when dropped.
+struct Sipp(Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a SIPp UAS on `port` with a scenario file from tests/sipp.
+fn uas(name: &str, scenario: &str, port: u16) -> Sipp {
+    let dir = workdir(name);
+    let child = Command::new("sipp")
+        .current_dir(&dir)
+        .arg("-sf")
+        .arg(scenarios().join(scenario))
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-trace_err"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sipp uas");
+    Sipp(child)
+}
+
+/// Runs a SIPp UAC to completion; true when every call succeeded.
+fn uac(name: &str, scenario: &Path, target: u16, port: u16, args: &[&str]) -> bool {
+    let dir = workdir(name);
+    let mut child = Command::new("sipp")
+        .current_dir(&dir)
+        .arg("-sf")
+        .arg(scenario)
+        .arg(format!("127.0.0.1:{target}"))
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-s",
+            "1234",
+            "-nostdin",
+            "-trace_err",
+        ])
+        .args(["-timeout", "30", "-timeout_error"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sipp uac");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            if !st.success() {
+                eprintln!("sipp uac {scenario:?} failed ({st}); see {}", dir.display());
+            }
+            return st.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A one-request UAC scenario expecting `code` (ACKing it for INVITE).
+fn expect_scenario(name: &str, method: &str, max_forwards: u8, code: u16) -> PathBuf {
+    let ack = if method == "INVITE" {
+        r#"  <send>
+    <![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3];rport
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="expect {code}">
+  <send retrans="500">
+    <![CDATA[
+
+      {method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 {method}
+      Contact: <sip:sipp@[local_ip]:[local_port]>
+      Max-Forwards: {max_forwards}
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="{code}"/>
+{ack}</scenario>
+"#
+    );
+    let path = workdir(name).join(format!("expect_{method}_{max_forwards}_{code}.xml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn calls_through_siplb_to_two_backends() {
+    if !sipp_available() {
+        return;
+    }
+    let base = 21000;
+    let lb = Siplb::start("basic", base, &[(base + 11, "pstn=32"), (base + 12, "pstn=32")], "");
+    let _a = uas("basic", "uas.xml", base + 11);
+    let _b = uas("basic", "uas.xml", base + 12);
+    std::thread::sleep(Duration::from_millis(200));
+    let ok = uac(
+        "basic",
+        &scenarios().join("uac.xml"),
+        base,
+        base + 15,
+        &["-m", "20", "-r", "20", "-d", "300"],
+    );
+    assert!(ok, "SIPp UAC reported failed calls");
+    assert_eq!(lb.stat("dialog:processed_dialogs"), 20);
+    assert_eq!(lb.stat("dialog:failed_dialogs"), 0);
+    lb.assert_idle();
+}
+
+#[test]
+fn failover_on_503() {
+    if !sipp_available() {
+        return;
+    }
+    let base = 21100;
+    // The refusing backend has more room, so it is chosen first.
+    let lb = Siplb::start("failover", base, &[(base + 11, "pstn=50"), (base + 12, "pstn=10")], "");
+    let _a = uas("failover", "uas_503.xml", base + 11);
+    let _b = uas("failover", "uas.xml", base + 12);
+    std::thread::sleep(Duration::from_millis(200));
+    let ok = uac(
+        "failover",
+        &scenarios().join("uac.xml"),
+        base,
+        base + 15,
+        &["-m", "3", "-r", "5", "-d", "100"],
+    );
+    assert!(ok, "calls should succeed on the second backend");
+    assert_eq!(lb.stat("siplb:failovers"), 3);
+    lb.assert_idle();
+}
+
+#[test]
+fn cancel_while_ringing() {
+    if !sipp_available() {
+        return;
+    }
+    let base = 21200;
+    let lb = Siplb::start("cancel", base, &[(base + 11, "pstn=5")], "");
+    let _a = uas("cancel", "uas_ring.xml", base + 11);
+    std::thread::sleep(Duration::from_millis(200));
+    let ok = uac(
+        "cancel",
+        &scenarios().join("uac_cancel.xml"),
+        base,
+        base + 15,
+        &["-m", "2", "-r", "5"],
+    );
+    assert!(ok, "CANCEL flow failed");
+    assert_eq!(lb.stat("dialog:failed_dialogs"), 2);
+    lb.assert_idle();
+}
+
+#[test]
+fn local_answers() {
+    if !sipp_available() {
+        return;
+    }
+    let base = 21300;
+    // pstn=0: every destination is full.
+    let lb = Siplb::start("local", base, &[(base + 11, "pstn=0")], "");
+    let cases = [
+        ("OPTIONS", 70, 200),
+        ("MESSAGE", 70, 405),
+        ("INVITE", 70, 503),
+        ("INVITE", 0, 483),
+    ];
+    for (i, (method, mf, code)) in cases.into_iter().enumerate() {
+        let sc = expect_scenario("local", method, mf, code);
+        let ok = uac("local", &sc, base, base + 15 + i as u16, &["-m", "1"]);
+        assert!(ok, "{method} (Max-Forwards {mf}) should get {code}");
+    }
+    assert_eq!(lb.stat("siplb:full"), 1);
+    assert_eq!(lb.stat("siplb:too_many_hops"), 1);
+    lb.assert_idle();
+}
