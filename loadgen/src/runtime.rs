@@ -245,7 +245,7 @@ const CLEANUP_GRACE: Duration = Duration::from_secs(2);
 
 fn worker<E: Engine>(
     mut sock: Socket,
-    mut engine: E,
+    engine: &mut E,
     mut pacer: Option<Pacer>,
     shared: &Shared,
     index: usize,
@@ -276,7 +276,7 @@ fn worker<E: Engine>(
             }
         }
         engine.handle_timeout(now);
-        flush(&mut sock, &mut engine);
+        flush(&mut sock, engine);
 
         // Exit?
         if stop_requests() > 1 {
@@ -325,7 +325,7 @@ fn worker<E: Engine>(
                     engine.handle_datagram(now, src, data);
                 }
             }
-            flush(&mut sock, &mut engine);
+            flush(&mut sock, engine);
             if n < BATCH {
                 break;
             }
@@ -335,10 +335,10 @@ fn worker<E: Engine>(
         let now = Instant::now();
         if now >= last_publish + PUBLISH_EVERY {
             last_publish = now;
-            publish(shared, &mut engine, index);
+            publish(shared, engine, index);
         }
     }
-    publish(shared, &mut engine, index);
+    publish(shared, engine, index);
     shared.active[index].store(0, Ordering::Relaxed);
     net::thread_cpu_time()
 }
@@ -500,7 +500,7 @@ pub fn run_uac(
                 if pin_it {
                     pin(i, cpus);
                 }
-                let t = worker(sock, Uac::new(config), Some(pacer), shared, i, None);
+                let t = worker(sock, &mut Uac::new(config), Some(pacer), shared, i, None);
                 if let Ok(mut c) = cpu.lock() {
                     *c += t;
                 }
@@ -568,7 +568,7 @@ pub fn run_uas(
                 if pin_it {
                     pin(i, cpus);
                 }
-                let t = worker(sock, Uas::new(config), None, shared, i, calls);
+                let t = worker(sock, &mut Uas::new(config), None, shared, i, calls);
                 if let Ok(mut c) = cpu.lock() {
                     *c += t;
                 }

@@ -179,6 +179,17 @@ fn full_calls_direct() {
 }
 
 #[test]
+fn ended_calls_reuse_their_records() {
+    let (mut c, s) = configs();
+    c.hold = Duration::ZERO;
+    let mut net = Net::new(c, s, false);
+    net.start(1000, Duration::from_millis(1));
+    net.run_for(Duration::from_secs(1));
+    assert_eq!(net.uac.stats().calls_succeeded, 1000);
+    assert!(net.uac.slab_capacity() <= 2, "{}", net.uac.slab_capacity());
+}
+
+#[test]
 fn full_calls_through_record_routing_proxy() {
     let (c, s) = configs();
     let mut net = Net::new(c, s, true);

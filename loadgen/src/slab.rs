@@ -78,6 +78,12 @@ impl<T: Default> Slab<T> {
         }
     }
 
+    /// Records allocated, live or free (the high-water mark).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Live records.
     pub(crate) fn len(&self) -> usize {
         self.live

@@ -206,6 +206,11 @@ impl Uac {
         self.pending_outcomes
     }
 
+    #[cfg(test)]
+    pub(crate) fn slab_capacity(&self) -> usize {
+        self.calls.capacity()
+    }
+
     /// When [`Uac::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.calls.next_wakeup()
