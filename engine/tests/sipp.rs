@@ -323,6 +323,31 @@ fn failover_on_503() {
 }
 
 #[test]
+fn failover_when_a_backend_does_not_answer() {
+    if !sipp_available() {
+        return;
+    }
+    let base = 21400;
+    // Nothing listens on base+11: the INVITE goes unanswered (ICMP port
+    // unreachable comes back), fr_timeout (2 s) raises a 408, and the
+    // call moves to the live backend.
+    let lb = Siplb::start("silent", base, &[(base + 11, "pstn=50"), (base + 12, "pstn=10")], "");
+    let _b = uas("silent", "uas.xml", base + 12);
+    std::thread::sleep(Duration::from_millis(200));
+    let ok = uac(
+        "silent",
+        &scenarios().join("uac.xml"),
+        base,
+        base + 15,
+        &["-m", "2", "-r", "10", "-d", "100"],
+    );
+    assert!(ok, "calls should succeed on the live backend");
+    assert_eq!(lb.stat("siplb:failovers"), 2);
+    assert!(lb.stat("siplb:retransmissions") >= 2);
+    lb.assert_idle();
+}
+
+#[test]
 fn cancel_while_ringing() {
     if !sipp_available() {
         return;

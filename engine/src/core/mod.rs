@@ -929,7 +929,13 @@ impl Proxy {
             let (l, dst, dialog) = (t.local, t.src, t.dialog);
             let out = self.relay_response(l, dst, m);
             let t = self.txns.get_mut(k).expect("checked above");
-            t.last_response = out;
+            // Nothing more is sent for this transaction: 2xx
+            // retransmissions and the ACK pass statelessly, INVITE
+            // retransmissions are absorbed. Free the copies.
+            let _ = out;
+            t.last_response = None;
+            t.request = Vec::new();
+            t.out = Vec::new();
             t.server = Server::Accepted;
             t.g_next = None;
             t.remove_at = Some(now + 64 * timers.t1);

@@ -266,7 +266,12 @@ impl Worker {
                 };
                 // Bounded so one busy socket cannot starve the rest.
                 for _ in 0..8 {
-                    let got = batch.recv(fd)?;
+                    let got = match batch.recv(fd) {
+                        Ok(n) => n,
+                        // ICMP feedback for an earlier send: try again.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                        Err(e) => return Err(e),
+                    };
                     let now = Instant::now();
                     for i in 0..got {
                         if let Some((bytes, src, truncated)) = batch.get(i) {

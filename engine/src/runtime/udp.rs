@@ -176,8 +176,17 @@ impl RecvBatch {
         };
         if r < 0 {
             let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            return match e.raw_os_error() {
+                // Nothing queued, or a signal.
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+                // An ICMP error from an earlier send (a backend port that
+                // is closed, a host unreachable): reported once, then
+                // cleared. Not a reason to stop receiving.
+                Some(libc::ECONNREFUSED)
+                | Some(libc::EHOSTUNREACH)
+                | Some(libc::ENETUNREACH)
+                | Some(libc::EHOSTDOWN)
+                | Some(libc::ENETDOWN) => Err(io::Error::new(io::ErrorKind::ConnectionRefused, e)),
                 _ => Err(e),
             };
         }
