@@ -348,6 +348,32 @@ fn failover_when_a_backend_does_not_answer() {
 }
 
 #[test]
+fn callee_hangs_up() {
+    if !sipp_available() {
+        return;
+    }
+    let base = 21500;
+    // Two backends on two ports: their BYEs reach siplb on 4-tuples that
+    // SO_REUSEPORT may hash to the worker that does not own the dialog,
+    // which then hands the BYE over.
+    let lb = Siplb::start("calleebye", base, &[(base + 11, "pstn=10"), (base + 12, "pstn=10")], "");
+    let _a = uas("calleebye", "uas_bye.xml", base + 11);
+    let _b = uas("calleebye", "uas_bye.xml", base + 12);
+    std::thread::sleep(Duration::from_millis(200));
+    let ok = uac(
+        "calleebye",
+        &scenarios().join("uac_callee_bye.xml"),
+        base,
+        base + 15,
+        &["-m", "10", "-r", "20", "-l", "4"],
+    );
+    assert!(ok, "calls ended by the callee failed");
+    assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
+    eprintln!("hand-offs between workers: {}", lb.stat("siplb:handoffs"));
+    lb.assert_idle();
+}
+
+#[test]
 fn cancel_while_ringing() {
     if !sipp_available() {
         return;
