@@ -79,6 +79,10 @@ struct Common {
     /// Sampling period of the progress line, CSV and report, in seconds.
     #[arg(long, default_value_t = 1.0)]
     period: f64,
+    /// Log every message sent and received to FILE.N (thread N), like
+    /// SIPp's -trace_msg. Slow: for debugging.
+    #[arg(long, value_name = "FILE")]
+    trace_msg: Option<PathBuf>,
     /// RFC 3261 T1 in milliseconds (T2 is 8·T1).
     #[arg(long, default_value_t = 500)]
     t1: u64,
@@ -278,6 +282,7 @@ fn run_options(common: &Common, calls: Option<u64>, duration: Option<f64>) -> Ru
         threads: common.threads.unwrap_or_else(runtime::default_threads).max(1),
         pin: !common.no_pin,
         cpus: common.cpus.clone(),
+        trace_msg: common.trace_msg.clone(),
         period: Duration::from_secs_f64(common.period.max(0.05)),
         duration: duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
         calls,

@@ -132,6 +132,9 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Stop after this many calls (UAC: placed; UAS: ended).
     pub calls: Option<u64>,
+    /// Log every datagram sent and received to `PATH.N` (thread N), as
+    /// SIPp's `-trace_msg` does. Slow: for debugging only.
+    pub trace_msg: Option<std::path::PathBuf>,
 }
 
 /// UAC pacing.
@@ -243,14 +246,58 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// the last outcome was counted.
 const CLEANUP_GRACE: Duration = Duration::from_secs(2);
 
-fn worker<E: Engine>(
-    mut sock: Socket,
-    engine: &mut E,
-    mut pacer: Option<Pacer>,
-    shared: &Shared,
+/// The optional per-thread message log.
+struct Trace {
+    out: Option<std::io::BufWriter<std::fs::File>>,
+    start: Instant,
+}
+
+impl Trace {
+    fn open(path: Option<&std::path::Path>, index: usize) -> Trace {
+        let out = path.and_then(|p| {
+            let mut name = p.as_os_str().to_owned();
+            name.push(format!(".{index}"));
+            std::fs::File::create(name).ok().map(std::io::BufWriter::new)
+        });
+        Trace {
+            out,
+            start: Instant::now(),
+        }
+    }
+
+    fn log(&mut self, what: &str, peer: SocketAddr, data: &[u8]) {
+        use std::io::Write;
+        if let Some(out) = self.out.as_mut() {
+            let t = self.start.elapsed().as_secs_f64();
+            let _ = writeln!(out, "----- {t:.6} {what} {peer} ({} bytes)", data.len());
+            let _ = out.write_all(data);
+            let _ = writeln!(out);
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.out.is_some()
+    }
+}
+
+struct Worker<'a> {
+    sock: Socket,
+    pacer: Option<Pacer>,
+    shared: &'a Shared,
     index: usize,
     calls_to_end: Option<u64>,
-) -> Duration {
+    trace: Trace,
+}
+
+fn worker<E: Engine>(w: Worker<'_>, engine: &mut E) -> Duration {
+    let Worker {
+        mut sock,
+        mut pacer,
+        shared,
+        index,
+        calls_to_end,
+        mut trace,
+    } = w;
     let mut last_publish = Instant::now();
     let mut busy = false;
     let mut outcomes_done_at: Option<Instant> = None;
@@ -276,7 +323,7 @@ fn worker<E: Engine>(
             }
         }
         engine.handle_timeout(now);
-        flush(&mut sock, engine);
+        flush(&mut sock, engine, &mut trace);
 
         // Exit?
         if stop_requests() > 1 {
@@ -322,10 +369,13 @@ fn worker<E: Engine>(
             let now = Instant::now();
             for i in 0..n {
                 if let Some((src, data)) = sock.datagram(i) {
+                    if trace.enabled() {
+                        trace.log("received from", src, data);
+                    }
                     engine.handle_datagram(now, src, data);
                 }
             }
-            flush(&mut sock, engine);
+            flush(&mut sock, engine, &mut trace);
             if n < BATCH {
                 break;
             }
@@ -350,10 +400,15 @@ fn publish<E: Engine>(shared: &Shared, engine: &mut E, index: usize) {
     shared.publish(st);
 }
 
-fn flush<E: Engine>(sock: &mut Socket, engine: &mut E) {
+fn flush<E: Engine>(sock: &mut Socket, engine: &mut E, trace: &mut Trace) {
     let out = engine.outbox();
     if out.is_empty() {
         return;
+    }
+    if trace.enabled() {
+        for (dst, data) in out.iter() {
+            trace.log("sent to", dst, data);
+        }
     }
     let (sent, failed) = sock.send_all(out);
     out.clear();
@@ -496,11 +551,20 @@ pub fn run_uac(
             let cpu = &cpu;
             let pin_it = opts.pin;
             let cpus = &opts.cpus;
+            let trace_path = opts.trace_msg.as_deref();
             handles.push(scope.spawn(move || {
                 if pin_it {
                     pin(i, cpus);
                 }
-                let t = worker(sock, &mut Uac::new(config), Some(pacer), shared, i, None);
+                let w = Worker {
+                    sock,
+                    pacer: Some(pacer),
+                    shared,
+                    index: i,
+                    calls_to_end: None,
+                    trace: Trace::open(trace_path, i),
+                };
+                let t = worker(w, &mut Uac::new(config));
                 if let Ok(mut c) = cpu.lock() {
                     *c += t;
                 }
@@ -563,12 +627,21 @@ pub fn run_uas(
             let cpu = &cpu;
             let pin_it = opts.pin;
             let cpus = &opts.cpus;
+            let trace_path = opts.trace_msg.as_deref();
             let calls = opts.calls;
             handles.push(scope.spawn(move || {
                 if pin_it {
                     pin(i, cpus);
                 }
-                let t = worker(sock, &mut Uas::new(config), None, shared, i, calls);
+                let w = Worker {
+                    sock,
+                    pacer: None,
+                    shared,
+                    index: i,
+                    calls_to_end: calls,
+                    trace: Trace::open(trace_path, i),
+                };
+                let t = worker(w, &mut Uas::new(config));
                 if let Ok(mut c) = cpu.lock() {
                     *c += t;
                 }

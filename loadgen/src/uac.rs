@@ -505,7 +505,9 @@ impl Uac {
                     call.give_up_at = Some(now + timeout);
                 }
             }
-            _ => self.stats.retransmissions_received += 1,
+            // A 200 to a CANCEL that lost the race with the 2xx, or a
+            // retransmitted response to a BYE or CANCEL: nothing to do.
+            _ => {}
         }
     }
 
