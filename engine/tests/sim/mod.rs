@@ -199,6 +199,9 @@ struct UacCall {
     done: bool,
     outcome: Outcome,
     bye_answered: bool,
+    /// A caller hangs up on a call that never gets a final answer (what a
+    /// person does; RFC 3261 has no timer for it after a provisional).
+    give_up_at: Instant,
 }
 
 /// The calling side: one address, many calls.
@@ -274,6 +277,7 @@ impl Uac {
                 done: false,
                 outcome: Outcome::Pending,
                 bye_answered: false,
+                give_up_at: start + Duration::from_secs(90),
             },
         );
         call_id
@@ -300,6 +304,9 @@ impl Uac {
             t.extend(c.cancel_at);
             t.extend(c.cancel.as_ref().map(|r| r.2));
             t.extend(c.bye_at);
+            if c.final_code.is_none() {
+                t.push(c.give_up_at);
+            }
         }
         t.into_iter().min()
     }
@@ -321,6 +328,11 @@ impl Uac {
         }
         for c in self.calls.values_mut() {
             if c.done {
+                continue;
+            }
+            if c.final_code.is_none() && c.give_up_at <= now {
+                c.outcome = Outcome::GaveUp;
+                c.done = true;
                 continue;
             }
             if let Some((bytes, dst, left, at)) = c.retrans.as_mut() {
@@ -649,7 +661,10 @@ impl Uas {
                 c.bye_at = None;
                 if !c.ended {
                     let routes: Vec<String> = inv.record_route_values().map(text).collect();
-                    let caller = contact_addr(&inv).unwrap();
+                    let Some(caller) = contact_addr(&inv) else {
+                        c.ended = true;
+                        continue;
+                    };
                     let from = format!("{};tag={}", text(inv.header(b"To").unwrap().value), c.tag);
                     let bye = Req {
                         method: "BYE",
@@ -786,6 +801,50 @@ pub struct Conditions {
     pub loss: f64,
     pub duplicate: f64,
     pub max_delay_ms: u64,
+    /// Probability that a datagram towards siplb is corrupted.
+    pub corrupt: f64,
+}
+
+/// Damages a datagram the way broken peers and bit rot do.
+pub fn corrupt(rng: &mut Rng, bytes: &mut Vec<u8>) {
+    if bytes.is_empty() {
+        return;
+    }
+    match rng.below(6) {
+        0 => {
+            let i = rng.below(bytes.len());
+            bytes[i] = rng.below(256) as u8;
+        }
+        1 => bytes.truncate(rng.below(bytes.len())),
+        2 | 3 => {
+            // Duplicate or delete a line.
+            let text = String::from_utf8_lossy(bytes).into_owned();
+            let mut lines: Vec<&str> = text.split("\r\n").collect();
+            let i = rng.below(lines.len());
+            if rng.chance(0.5) {
+                lines.insert(i, lines[i]);
+            } else {
+                lines.remove(i);
+            }
+            *bytes = lines.join("\r\n").into_bytes();
+        }
+        4 => {
+            // A huge or negative number somewhere.
+            if let Some(i) = bytes.iter().position(|b| b.is_ascii_digit()) {
+                let junk: &[u8] = if rng.chance(0.5) {
+                    b"99999999999999999999"
+                } else {
+                    b"-1"
+                };
+                bytes.splice(i..i + 1, junk.iter().copied());
+            }
+        }
+        _ => {
+            let i = rng.below(bytes.len());
+            let junk: Vec<u8> = (0..rng.below(40)).map(|_| rng.below(256) as u8).collect();
+            bytes.splice(i..i, junk);
+        }
+    }
 }
 
 pub struct World {
@@ -900,9 +959,23 @@ impl World {
         true
     }
 
-    fn deliver(&mut self, p: Packet) {
+    fn deliver(&mut self, mut p: Packet) {
         let now = self.now;
+        if let Ok(needle) = std::env::var("SIPLB_SIM_TRACE") {
+            if String::from_utf8_lossy(&p.bytes).contains(&needle) {
+                eprintln!(
+                    "--- {:?} {} -> {}\n{}",
+                    now - self.base,
+                    p.from,
+                    p.to,
+                    String::from_utf8_lossy(&p.bytes)
+                );
+            }
+        }
         if p.to == addr(PUBLIC) || p.to == addr(INTERNAL) {
+            if self.net.corrupt > 0.0 && self.rng.chance(self.net.corrupt) {
+                corrupt(&mut self.rng, &mut p.bytes);
+            }
             let local = if p.to == addr(PUBLIC) {
                 Local::Public(0)
             } else {
