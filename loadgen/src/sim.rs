@@ -304,6 +304,32 @@ fn retransmissions_recover_lost_messages() {
 }
 
 #[test]
+fn uas_answers_a_retransmitted_invite_with_its_last_response() {
+    let (c, s) = configs();
+    let mut net = Net::new(c, s, false);
+    // Lose the UAS's first 100, 180 and 200: the UAC retransmits the
+    // INVITE (Timer A) and the UAS answers it again (and retransmits its
+    // 2xx on its own until the ACK).
+    let mut lost = 0;
+    net.filter = Box::new(move |dst, _| {
+        if dst == addr(UAC) && lost < 3 {
+            lost += 1;
+            return false;
+        }
+        true
+    });
+    net.start(1, Duration::from_millis(1));
+    net.run_for(Duration::from_secs(5));
+    let st = net.uac.stats();
+    assert_eq!((st.calls_succeeded, st.retransmissions), (1, 1), "{:?}", net.delivered);
+    let us = net.uas.stats();
+    // The retransmitted INVITE, and the second ACK (for the second 200).
+    assert_eq!((us.calls_succeeded, us.retransmissions_received), (1, 2));
+    assert_eq!(us.retransmissions, 1);
+    assert_eq!(net.uac.active_calls() + net.uas.active_calls(), 0);
+}
+
+#[test]
 fn silent_peer_hits_timer_b() {
     let (c, s) = configs();
     let mut net = Net::new(c, s, false);
