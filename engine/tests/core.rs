@@ -26,6 +26,7 @@ fn plan(start_ms: u64) -> CallerPlan {
         hold: Duration::from_secs(1),
         callee_hangs_up: false,
         voicemail: false,
+        reinvite: false,
     }
 }
 
@@ -89,6 +90,22 @@ fn basic_call_holds_load_until_bye() {
     assert_eq!(w.stat("processed_dialogs"), 1);
     assert_eq!(w.stat("failed_dialogs"), 0);
     assert_eq!(w.stat("expired_dialogs"), 0);
+}
+
+#[test]
+fn reinvite_passes_through_the_dialog() {
+    let mut w = world(&[(5081, "pstn=2", answer(), None)], "", 26, CLEAN);
+    let mut p = plan(0);
+    p.reinvite = true;
+    p.hold = Duration::from_secs(2);
+    w.uac.add_call(w.base, p);
+    w.run_checked(w.base + Duration::from_millis(1800)).unwrap();
+    // INVITE, ACK, re-INVITE, its ACK relayed; load still held.
+    assert_eq!(w.stat("relayed_requests"), 4);
+    assert_eq!(w.table.total_load(), 1);
+    finish(&mut w);
+    assert_eq!(outcome(&w), sim::Outcome::Answered);
+    assert_eq!(w.stat("relayed_requests"), 5);
 }
 
 #[test]
@@ -457,6 +474,7 @@ fn random_run(seed: u64, corrupt: f64) -> Result<(), String> {
             hold: w.rng.ms(100, 4000),
             callee_hangs_up: w.rng.chance(0.3),
             voicemail: w.rng.chance(0.3),
+            reinvite: w.rng.chance(0.3),
         };
         let base = w.base;
         w.uac.add_call(base, p);

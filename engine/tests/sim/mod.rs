@@ -164,6 +164,8 @@ pub struct CallerPlan {
     pub hold: Duration,
     pub callee_hangs_up: bool,
     pub voicemail: bool,
+    /// Send a re-INVITE halfway through the hold time.
+    pub reinvite: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,6 +204,10 @@ struct UacCall {
     /// A caller hangs up on a call that never gets a final answer (what a
     /// person does; RFC 3261 has no timer for it after a provisional).
     give_up_at: Instant,
+    reinvite_at: Option<Instant>,
+    /// The re-INVITE and its retransmissions: (bytes, dst, left, next).
+    re_retrans: Option<(Vec<u8>, SocketAddr, u32, Instant)>,
+    re_ack: Option<Vec<u8>>,
 }
 
 /// The calling side: one address, many calls.
@@ -278,6 +284,9 @@ impl Uac {
                 outcome: Outcome::Pending,
                 bye_answered: false,
                 give_up_at: start + Duration::from_secs(90),
+                reinvite_at: None,
+                re_retrans: None,
+                re_ack: None,
             },
         );
         call_id
@@ -304,6 +313,8 @@ impl Uac {
             t.extend(c.cancel_at);
             t.extend(c.cancel.as_ref().map(|r| r.2));
             t.extend(c.bye_at);
+            t.extend(c.reinvite_at);
+            t.extend(c.re_retrans.as_ref().map(|r| r.3));
             if c.final_code.is_none() {
                 t.push(c.give_up_at);
             }
@@ -385,8 +396,50 @@ impl Uac {
                     }
                 }
             }
+            if c.reinvite_at.is_some_and(|t| t <= now) {
+                c.reinvite_at = None;
+                let to = format!("{};tag={}", c.to, c.to_tag.clone().unwrap_or_default());
+                let target = c
+                    .target
+                    .map(|t| format!("sip:ua@{t}"))
+                    .unwrap_or_else(|| c.ruri.clone());
+                let re = Req {
+                    method: "INVITE",
+                    ruri: &target,
+                    via: self.addr,
+                    branch: &format!("{}re", c.branch),
+                    from: &c.from,
+                    to: &to,
+                    call_id: &c.call_id,
+                    cseq: 2,
+                    routes: &c.routes,
+                    contact: Some(self.addr),
+                    max_forwards: Some(70),
+                }
+                .build();
+                let dst = c
+                    .routes
+                    .first()
+                    .and_then(|r| route_addr(r))
+                    .or(c.target)
+                    .unwrap_or(proxy);
+                out.push((dst, re.clone()));
+                c.re_retrans = Some((re, dst, 6, now + Duration::from_millis(500)));
+            }
+            if let Some((bytes, dst, left, at)) = c.re_retrans.as_mut() {
+                if *at <= now {
+                    if *left == 0 {
+                        c.re_retrans = None;
+                    } else {
+                        *left -= 1;
+                        *at = now + Duration::from_millis(500);
+                        out.push((*dst, bytes.clone()));
+                    }
+                }
+            }
             if c.bye_at.is_some_and(|t| t <= now) {
                 c.bye_at = None;
+                c.re_retrans = None;
                 let branch = format!("{}bye", c.branch);
                 let to = format!("{};tag={}", c.to, c.to_tag.clone().unwrap_or_default());
                 let target = c
@@ -401,7 +454,7 @@ impl Uac {
                     from: &c.from,
                     to: &to,
                     call_id: &c.call_id,
-                    cseq: 2,
+                    cseq: 3,
                     routes: &c.routes,
                     contact: None,
                     max_forwards: Some(70),
@@ -446,6 +499,46 @@ impl Uac {
         let code = m.status().unwrap_or(0);
         let cseq = m.cseq();
         match cseq.method {
+            Method::Invite if cseq.seq == 2 => {
+                // The re-INVITE's answer.
+                if code < 200 {
+                    return out;
+                }
+                if c.re_retrans.take().is_some() && (200..300).contains(&code) {
+                    let to = text(m.header(b"To").unwrap().value);
+                    let target = c
+                        .target
+                        .map(|t| format!("sip:ua@{t}"))
+                        .unwrap_or_else(|| c.ruri.clone());
+                    c.re_ack = Some(
+                        Req {
+                            method: "ACK",
+                            ruri: &target,
+                            via: self.addr,
+                            branch: &format!("{}reack", c.branch),
+                            from: &c.from,
+                            to: &to,
+                            call_id: &c.call_id,
+                            cseq: 2,
+                            routes: &c.routes,
+                            contact: None,
+                            max_forwards: Some(70),
+                        }
+                        .build(),
+                    );
+                }
+                if (200..300).contains(&code) {
+                    if let Some(ack) = &c.re_ack {
+                        let dst = c
+                            .routes
+                            .first()
+                            .and_then(|r| route_addr(r))
+                            .or(c.target)
+                            .unwrap_or(from);
+                        out.push((dst, ack.clone()));
+                    }
+                }
+            }
             Method::Invite => {
                 if !c.got_response {
                     c.got_response = true;
@@ -491,6 +584,9 @@ impl Uac {
                         c.ack = Some(ack);
                         if !c.plan.callee_hangs_up {
                             c.bye_at = Some(now + c.plan.hold);
+                        }
+                        if c.plan.reinvite {
+                            c.reinvite_at = Some(now + c.plan.hold / 2);
                         }
                     }
                     if let Some(ack) = &c.ack {
@@ -708,6 +804,15 @@ impl Uas {
         let id = text(m.call_id());
         if m.is_request() {
             let method = m.method().unwrap();
+            if method == Method::Invite && m.to_tag().is_some() {
+                // A re-INVITE: accept it (again, for retransmissions).
+                let tag = self.calls.get(&id).map(|c| c.tag.clone());
+                match tag {
+                    Some(tag) => out.push((from, response(&m, 200, &tag, me))),
+                    None => out.push((from, response(&m, 481, "x", me))),
+                }
+                return out;
+            }
             if method == Method::Invite {
                 if let Some(c) = self.calls.get(&id) {
                     // Retransmission (or a re-INVITE, not simulated): repeat.
