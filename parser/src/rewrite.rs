@@ -232,7 +232,12 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
                     }
                 }
                 if let (Some(port), crate::Rport::Requested) = (rport, via.rport) {
-                    if let Some((name, _)) = via.param_iter().find(|&(n, _)| n.eq_ignore_ascii_case(b"rport")) {
+                    // The flag itself (a Via may also carry an `rport=` with
+                    // a value, which is left alone).
+                    let flag = via
+                        .param_iter()
+                        .find(|&(n, v)| v.is_none() && n.eq_ignore_ascii_case(b"rport"));
+                    if let Some((name, _)) = flag {
                         let s = offset_in(buf, name);
                         add(s, s + name.len(), [b"rport=", port, E, E])?;
                     }

@@ -251,3 +251,29 @@ fn gather_list_matches_the_copy() {
     assert_eq!(out.write_to(&mut copy).unwrap(), out.len());
     assert_eq!(gathered, copy);
 }
+
+#[test]
+fn rport_fill_targets_the_flag_not_an_rport_with_a_value() {
+    // Found by the fuzzer: an `rport=` with a value before the bare flag.
+    let buf = msg(
+        &[
+            "OPTIONS sip:x SIP/2.0",
+            "Via: SIP/2.0/UDP h:5060;rport=\r\r\r2;branch=z9hG4bK1;rport",
+            "From: <sip:a@h>;tag=1",
+            "To: <sip:x>",
+            "Call-ID: c",
+            "CSeq: 1 OPTIONS",
+        ],
+        "",
+    );
+    let out = apply(
+        &buf,
+        &[Edit::TopViaReceived {
+            received: b"192.0.2.1",
+            rport: Some(b"5070"),
+        }],
+    );
+    let m = scan_datagram(&out).unwrap();
+    assert_eq!(m.top_via().rport, Rport::Value(5070));
+    assert_eq!(m.top_via().received, Some(&b"192.0.2.1"[..]));
+}
