@@ -46,6 +46,11 @@ struct Siplb {
 impl Siplb {
     /// `base`: listen port; base+1.. internal ports, base+9 admin.
     fn start(name: &str, base: u16, dests: &[(u16, &str)], extra: &str) -> Siplb {
+        Siplb::start_with_flags(name, base, dests, extra, "")
+    }
+
+    /// As [`Siplb::start`], with `load_balance` flags.
+    fn start_with_flags(name: &str, base: u16, dests: &[(u16, &str)], extra: &str, flags: &str) -> Siplb {
         let mut cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\n\
              internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"epoll\"\nlog_level = \"info\"\n\
@@ -60,11 +65,12 @@ impl Siplb {
                 i + 1
             ));
         }
-        cfg.push_str(
-            "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\nload_balance = { group = 1, resources = \"pstn\" }\n\
-             [[rules]]\nmethod = \"OPTIONS\"\nreply = { code = 200 }\n\
-             [[rules]]\nreply = { code = 405 }\n",
-        );
+        cfg.push_str(&format!(
+            "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\n\
+                 load_balance = {{ group = 1, resources = \"pstn\", flags = \"{flags}\" }}\n\
+                 [[rules]]\nmethod = \"OPTIONS\"\nreply = {{ code = 200 }}\n\
+                 [[rules]]\nreply = {{ code = 405 }}\n"
+        ));
         let dir = workdir(name);
         let path = dir.join("siplb.toml");
         std::fs::write(&path, cfg).unwrap();
@@ -416,4 +422,55 @@ fn local_answers() {
     assert_eq!(lb.stat("siplb:full"), 1);
     assert_eq!(lb.stat("siplb:too_many_hops"), 1);
     lb.assert_idle();
+}
+
+/// Starts 30 long calls on capacities 10/20/30 and returns the loads seen
+/// while they are all up.
+fn spread(name: &str, base: u16, flags: &str) -> Vec<u64> {
+    let lb = Siplb::start_with_flags(
+        name,
+        base,
+        &[(base + 11, "pstn=10"), (base + 12, "pstn=20"), (base + 13, "pstn=30")],
+        "",
+        flags,
+    );
+    let _a = uas(name, "uas.xml", base + 11);
+    let _b = uas(name, "uas.xml", base + 12);
+    let _c = uas(name, "uas.xml", base + 13);
+    std::thread::sleep(Duration::from_millis(200));
+    let scenario = scenarios().join("uac.xml");
+    let name2 = name.to_string();
+    let caller = std::thread::spawn(move || {
+        uac(
+            &name2,
+            &scenario,
+            base,
+            base + 15,
+            &["-m", "30", "-r", "30", "-d", "4000"],
+        )
+    });
+    // All 30 calls are up between about 1 s and 4 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let loads = lb.loads();
+    assert!(caller.join().unwrap(), "SIPp UAC reported failed calls");
+    lb.assert_idle();
+    loads
+}
+
+#[test]
+fn distribution_absolute_equalises_free_channels() {
+    if !sipp_available() {
+        return;
+    }
+    // 10 channels left on each.
+    assert_eq!(spread("spread-abs", 21700, ""), vec![0, 10, 20]);
+}
+
+#[test]
+fn distribution_relative_is_proportional_to_capacity() {
+    if !sipp_available() {
+        return;
+    }
+    // Flag r: each destination half full.
+    assert_eq!(spread("spread-rel", 21800, "r"), vec![5, 10, 15]);
 }
