@@ -237,31 +237,45 @@ pub(crate) fn eq_ic(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `a` equals `lower` ignoring ASCII case, where `lower` is a lower-case
-/// constant. Compares eight bytes at a time: a letter of `lower` matches
-/// either case of itself, every other byte must match exactly (the case
-/// bit is only ignored where `lower` holds a letter).
+/// constant. Compares whole words: a letter of `lower` matches either case
+/// of itself, every other byte must match exactly (the case bit is only
+/// ignored where `lower` holds a letter). Tails are covered by overlapping
+/// fixed-size loads, so there is no per-byte loop and no memcpy call.
 #[inline]
 pub(crate) fn eq_lower(a: &[u8], lower: &[u8]) -> bool {
-    if a.len() != lower.len() {
+    let n = a.len();
+    if n != lower.len() {
         return false;
     }
-    let word = |s: &[u8], i: usize| {
-        let mut w = [0u8; 8];
-        let n = (s.len() - i).min(8);
-        w[..n].copy_from_slice(&s[i..i + n]);
-        u64::from_le_bytes(w)
-    };
-    let mut i = 0;
-    while i < a.len() {
-        let l = word(lower, i);
-        // 0x20 where `lower` has a letter (bit 0x40 set), 0 elsewhere.
-        let case = (l & 0x4040_4040_4040_4040) >> 1;
-        if word(a, i) | case != l {
-            return false;
-        }
-        i += 8;
+    macro_rules! same {
+        ($ty:ty, $at:expr) => {{
+            const W: usize = core::mem::size_of::<$ty>();
+            let mut x = [0u8; W];
+            x.copy_from_slice(&a[$at..$at + W]);
+            let mut l = [0u8; W];
+            l.copy_from_slice(&lower[$at..$at + W]);
+            let l = <$ty>::from_le_bytes(l);
+            // 0x20 where `lower` has a letter (bit 0x40 set), 0 elsewhere.
+            let case = (l & (<$ty>::MAX / 0xff * 0x40)) >> 1;
+            <$ty>::from_le_bytes(x) | case == l
+        }};
     }
-    true
+    match n {
+        0 => true,
+        1 => same!(u8, 0),
+        2..=3 => same!(u16, 0) && same!(u16, n - 2),
+        4..=7 => same!(u32, 0) && same!(u32, n - 4),
+        _ => {
+            let mut i = 0;
+            while i + 8 <= n {
+                if !same!(u64, i) {
+                    return false;
+                }
+                i += 8;
+            }
+            i == n || same!(u64, n - 8)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +291,30 @@ mod tests {
         }
         assert_eq!(find_lf(b"", 0), None);
         assert_eq!(find_lf(b"abc", 5), None);
+    }
+
+    #[test]
+    fn eq_lower_agrees_with_eq_ignore_ascii_case_for_every_byte() {
+        let names: [&[u8]; 8] = [
+            b"v",
+            b"to",
+            b"via",
+            b"cseq",
+            b"call-id",
+            b"sip/2.0/",
+            b"record-route",
+            b"request-disposition",
+        ];
+        for lower in names {
+            let mut a = lower.to_vec();
+            for i in 0..a.len() {
+                for b in 0..=255u8 {
+                    a[i] = b;
+                    assert_eq!(eq_lower(&a, lower), a.eq_ignore_ascii_case(lower), "{a:?} vs {lower:?}");
+                }
+                a[i] = lower[i];
+            }
+        }
     }
 
     #[test]

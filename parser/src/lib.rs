@@ -93,7 +93,8 @@ pub const MAX_ROUTES: usize = 16;
 /// Limits that protect the process from hostile or broken peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest message accepted, headers and body, in bytes.
+    /// Largest message accepted, headers and body, in bytes (at most
+    /// 65,535, the largest UDP payload; larger values act as 65,535).
     pub max_message_size: usize,
     /// Most header lines (at most [`MAX_HEADERS`]).
     pub max_headers: usize,

@@ -5,20 +5,22 @@ use crate::header::{HeaderKind, Method};
 use crate::via::Via;
 use crate::{MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
 
-/// A byte range of the scanned buffer.
+/// A byte range of the message, relative to its start line. 16 bits are
+/// enough because a message is at most 65,535 bytes (the scanner caps
+/// [`Limits::max_message_size`](crate::Limits) there), and they halve the
+/// size of the view that every scan initialises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Span {
-    pub(crate) start: u32,
-    pub(crate) end: u32,
+    pub(crate) start: u16,
+    pub(crate) end: u16,
 }
 
 impl Span {
     pub(crate) fn new(start: usize, end: usize) -> Span {
-        // The scanner never produces offsets above `max_message_size`,
-        // which is capped below u32::MAX.
+        debug_assert!(end <= usize::from(u16::MAX));
         Span {
-            start: start as u32,
-            end: end as u32,
+            start: start as u16,
+            end: end as u16,
         }
     }
 
@@ -109,8 +111,13 @@ pub struct Header<'a> {
 /// successful scan guarantees. All accessors are cheap and never panic.
 #[derive(Clone)]
 pub struct Message<'a> {
+    /// The scanned buffer from the start line on; every span is relative
+    /// to it.
     pub(crate) buf: &'a [u8],
-    pub(crate) len: u32,
+    /// Line breaks skipped before the start line.
+    pub(crate) skipped: u32,
+    /// Length of the message from the start line to the end of the body.
+    pub(crate) len: u16,
     pub(crate) start_line: StartLine<'a>,
     pub(crate) start_line_span: Span,
     pub(crate) headers: [HeaderEntry; MAX_HEADERS],
@@ -128,7 +135,7 @@ pub struct Message<'a> {
     pub(crate) content_length: Option<u32>,
     pub(crate) content_type: Option<&'a [u8]>,
     /// Offset of the byte after the blank line that ends the headers.
-    pub(crate) body_start: u32,
+    pub(crate) body_start: u16,
 }
 
 impl core::fmt::Debug for Message<'_> {
@@ -150,21 +157,22 @@ impl core::fmt::Debug for Message<'_> {
 }
 
 impl<'a> Message<'a> {
-    /// The whole scanned buffer (which may extend past this message).
+    /// The scanned buffer from the start line on (it may extend past this
+    /// message). Line breaks skipped before the start line are not in it.
     pub fn buffer(&self) -> &'a [u8] {
         self.buf
     }
 
-    /// The message's bytes: `&buffer()[..len()]`, including any line
-    /// breaks skipped before the start line.
+    /// The message's bytes, from the start line to the end of the body.
     pub fn as_bytes(&self) -> &'a [u8] {
-        &self.buf[..self.len()]
+        &self.buf[..usize::from(self.len)]
     }
 
-    /// Bytes of the buffer that belong to this message (leading line
-    /// breaks, start line, headers and body).
+    /// Bytes of the scanned buffer that belong to this message: line
+    /// breaks skipped before the start line, start line, headers and body.
+    /// On a stream, the next message starts this many bytes further.
     pub fn len(&self) -> usize {
-        self.len as usize
+        self.skipped as usize + usize::from(self.len)
     }
 
     /// Never true: a message has at least a start line.
@@ -331,9 +339,10 @@ impl<'a> Message<'a> {
         self.buf.get(self.body_start as usize..self.len()).unwrap_or_default()
     }
 
-    /// Offset of the body (the byte after the blank line).
+    /// Offset of the body (the byte after the blank line) in the scanned
+    /// buffer.
     pub fn body_offset(&self) -> usize {
-        self.body_start as usize
+        self.skipped as usize + usize::from(self.body_start)
     }
 
     /// All header lines, in order.

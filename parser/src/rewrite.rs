@@ -282,7 +282,7 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
         }
         cursor = cut.end;
     }
-    push(&buf[cursor..msg.len()])?;
+    push(&buf[cursor..usize::from(msg.len)])?;
     Ok(out)
 }
 
@@ -338,7 +338,7 @@ impl Message<'_> {
     pub(crate) fn start_line_end(&self) -> usize {
         match self.entries().first() {
             Some(e) => e.line.start as usize,
-            None => self.body_start as usize,
+            None => usize::from(self.body_start),
         }
     }
 }

@@ -58,21 +58,32 @@ impl Cursor<'_> {
 /// [`ErrorKind::Truncated`]; the stream entry points turn that into
 /// [`Status::Partial`](crate::Status). Returning the view directly (rather
 /// than inside a `Status`) lets the datagram path avoid copying it.
-pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result<Message<'a>, Error> {
+pub(crate) fn scan<'a>(input: &'a [u8], options: &Options, stream: bool) -> Result<Message<'a>, Error> {
+    // RFC 3261 §7.5: ignore line breaks before the start line.
+    let skipped = input
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .ok_or(Error::new(ErrorKind::Empty, 0))?;
+    // Everything below is relative to the start line; errors are shifted
+    // back to offsets in `input` on the way out.
+    match scan_message(&input[skipped..], options, stream, skipped as u32) {
+        Ok(m) => Ok(m),
+        Err(e) => Err(Error::new(e.kind, e.offset + skipped)),
+    }
+}
+
+#[inline(always)]
+fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32) -> Result<Message<'a>, Error> {
     let limits = &options.limits;
-    // Offsets are stored as u32; keep every offset below that.
-    let max_size = limits.max_message_size.min(u32::MAX as usize - 1);
+    // Offsets are stored in 16 bits: no message is larger than that.
+    let max_size = limits.max_message_size.min(usize::from(u16::MAX));
     let max_headers = limits.max_headers.min(MAX_HEADERS);
     let max_vias = limits.max_vias.min(MAX_VIAS);
     let max_routes = limits.max_routes.min(MAX_ROUTES);
 
-    // RFC 3261 §7.5: ignore line breaks before the start line.
-    let start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .ok_or(Error::new(ErrorKind::Empty, 0))?;
-    let limit = buf.len().min(start.saturating_add(max_size));
-    if !stream && buf.len() - start > max_size {
+    let start = 0;
+    let limit = buf.len().min(max_size);
+    if !stream && buf.len() > max_size {
         return Err(Error::new(ErrorKind::TooLarge, start));
     }
     let mut cur = Cursor {
@@ -90,6 +101,7 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
 
     let mut m = Message {
         buf,
+        skipped,
         len: 0,
         start_line,
         start_line_span,
@@ -268,8 +280,8 @@ pub(crate) fn scan<'a>(buf: &'a [u8], options: &Options, stream: bool) -> Result
     if end > buf.len() {
         return Err(Error::new(ErrorKind::Truncated, buf.len()));
     }
-    m.body_start = body_start as u32;
-    m.len = end as u32;
+    m.body_start = body_start as u16;
+    m.len = end as u16;
     Ok(m)
 }
 
