@@ -9,7 +9,11 @@
 //!
 //! Contract: edits refer to the message as scanned, not to each other's
 //! output; each target may be removed once (a second removal of the same
-//! bytes is [`RewriteError::Conflict`]). New header lines always end in CRLF.
+//! bytes is [`RewriteError::Conflict`]). Insertions that land at the same
+//! offset appear in the order of the edits (with no Record-Route in the
+//! message, `[InsertRecordRoute, SetMaxForwards]` on a message without
+//! Max-Forwards puts both new lines after the last Via line, Record-Route
+//! first). New header lines always end in CRLF.
 //! Line breaks skipped before the start line are not part of the output.
 //! Values passed in edits are written verbatim: the caller is responsible for
 //! their syntax.

@@ -352,6 +352,7 @@ proptest! {
             expected.routes.remove(0);
         }
         check_fields(&expected, &out)?;
+        prop_assert_eq!(header_list(&out), expected_header_list(&m, remove_route, mf));
 
         // And removing the Via we added restores the original Via list.
         let m2 = scan_datagram(&out).unwrap();
@@ -392,6 +393,83 @@ proptest! {
             let _ = rewrite(&m, &[Edit::RemoveTopVia, Edit::SetMaxForwards(1), Edit::InsertRecordRoute(b"<sip:x;lr>")]);
         }
     }
+}
+
+type HeaderList = Vec<(String, String)>;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every header line of a message, in order, as (name, value).
+fn header_list(buf: &[u8]) -> HeaderList {
+    let m = scan_datagram(buf).unwrap();
+    m.headers().map(|h| (text(h.name), text(h.value))).collect()
+}
+
+/// What the header lines of `m` must be after the proxy's edits, computed
+/// independently of the rewriter: the new Via line before the first Via
+/// line; the new Record-Route line before the first Record-Route line or,
+/// without one, after the last Via line; Max-Forwards after the last Via
+/// line when it was absent (after the Record-Route when both land there, as
+/// inserts at one offset keep the edits' order); Max-Forwards' value replaced when present; and the first
+/// Route value removed from its line (the line with it when it was alone).
+fn expected_header_list(m: &siplb_parser::Message<'_>, remove_route: bool, mf: u8) -> HeaderList {
+    use siplb_parser::HeaderKind;
+    let headers: Vec<_> = m.headers().collect();
+    let last_via = headers.iter().rposition(|h| h.kind == HeaderKind::Via).unwrap();
+    let first_rr = headers.iter().position(|h| h.kind == HeaderKind::RecordRoute);
+    let first_route = headers.iter().position(|h| h.kind == HeaderKind::Route);
+    let has_mf = headers.iter().any(|h| h.kind == HeaderKind::MaxForwards);
+    let via = (
+        "Via".to_string(),
+        "SIP/2.0/UDP 127.0.0.1:5100;branch=z9hG4bKnew".to_string(),
+    );
+    let rr = ("Record-Route".to_string(), "<sip:127.0.0.1:5060;lr>".to_string());
+    let mf_line = ("Max-Forwards".to_string(), mf.to_string());
+    let mut out = HeaderList::new();
+    let mut via_done = false;
+    for (i, h) in headers.iter().enumerate() {
+        if h.kind == HeaderKind::Via && !via_done {
+            out.push(via.clone());
+            via_done = true;
+        }
+        // Inserts at the same offset keep the order of the edits (the
+        // Record-Route edit comes before Max-Forwards): a Record-Route line
+        // right after the last Via line is handled with the Via below.
+        if Some(i) == first_rr && i != last_via + 1 {
+            out.push(rr.clone());
+        }
+        let (name, mut value) = (text(h.name), text(h.value));
+        if h.kind == HeaderKind::MaxForwards {
+            value = mf.to_string();
+        }
+        let mut keep = true;
+        if remove_route && Some(i) == first_route {
+            // Values of this line after the first, as written.
+            let values: Vec<&[u8]> = m.route_values().collect();
+            let on_this_line = |v: &[u8]| {
+                let (a, b) = (h.value.as_ptr() as usize, v.as_ptr() as usize);
+                b >= a && b < a + h.value.len()
+            };
+            match values.get(1).filter(|v| on_this_line(v)) {
+                Some(second) => value = text(&h.value[second.as_ptr() as usize - h.value.as_ptr() as usize..]),
+                None => keep = false,
+            }
+        }
+        if keep {
+            out.push((name, value));
+        }
+        if i == last_via {
+            if first_rr.is_none() || first_rr == Some(last_via + 1) {
+                out.push(rr.clone());
+            }
+            if !has_mf {
+                out.push(mf_line.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Calls every accessor: after a successful scan none may panic.
