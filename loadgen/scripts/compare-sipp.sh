@@ -7,17 +7,20 @@
 #
 # Environment: SIPLOAD (binary), SECS (seconds per step, default 5),
 # SIPP_RATES and SIPLOAD_RATES (space-separated calls/s to try),
-# REPEAT (runs per rate, default 1). UAC and UAS are pinned to different
-# cores for sipload (--cpus 0 / --cpus 1, one thread each); SIPp is single
-# threaded and left to the scheduler.
+# REPEAT (runs per rate, default 1), UAS_EXTRA (more sipload uas options,
+# e.g. --no-trying for SIPp's 6-message flow), UAC_PIN / UAS_PIN (default
+# "--cpus 0" / "--cpus 1": one thread each on its own core; "--no-pin" on a
+# busy shared machine). SIPp is single threaded and left to the scheduler.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SIPLOAD=${SIPLOAD:-${CARGO_TARGET_DIR:-target}/release/sipload}
 SECS=${SECS:-5}
-SIPP_RATES=${SIPP_RATES:-"10000 14000 18000 22000 26000"}
-SIPLOAD_RATES=${SIPLOAD_RATES:-"20000 30000 40000 45000 50000"}
+SIPP_RATES=${SIPP_RATES-"10000 14000 18000 22000 26000"}
+SIPLOAD_RATES=${SIPLOAD_RATES-"20000 30000 40000 45000 50000"}
 REPEAT=${REPEAT:-1}
 UAS_EXTRA=${UAS_EXTRA:-}
+UAC_PIN=${UAC_PIN:---cpus 0}
+UAS_PIN=${UAS_PIN:---cpus 1}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -30,12 +33,12 @@ sipp_pair() { # rate -> "success% cps cpu_us_per_call"
     mkdir -p "$d"
     local p1=$(( 20000 + RANDOM % 20000 )); local p2=$(( p1 + 1 ))
     ( cd "$d" && /usr/bin/time -f "%U %S" -o "$d/uas.time" sipp -sn uas -i 127.0.0.1 -p $p1 \
-        -m $calls -timeout $(( SECS + 40 )) -nostdin -buff_size 4194304 >/dev/null 2>&1 ) &
+        -m $calls -timeout $(( SECS + 40 ))s -nostdin -buff_size 4194304 >/dev/null 2>&1 ) &
     local upid=$!
     sleep 0.5
     local t0=$(date +%s.%N)
     ( cd "$d" && /usr/bin/time -f "%U %S" -o "$d/uac.time" sipp -sn uac 127.0.0.1:$p1 -i 127.0.0.1 -p $p2 \
-        -r $rate -m $calls -timeout $(( SECS + 40 )) -nostdin -buff_size 4194304 -trace_screen >/dev/null 2>&1 )
+        -r $rate -m $calls -timeout $(( SECS + 40 ))s -nostdin -buff_size 4194304 -trace_screen >/dev/null 2>&1 )
     local t1=$(date +%s.%N)
     wait $upid
     local screen; screen=$(ls "$d"/*screen.log 2>/dev/null | head -1)
@@ -49,7 +52,7 @@ print(f'{100*ok/calls:.3f} {calls/($t1-$t0):.0f} {cpu*1e6/calls:.1f}')"
 
 sipload_pair() { # rate -> "success% cps cpu_us_per_call"
     local rate=$1 calls=$(( $1 * SECS ))
-    "$SIPLOAD" uas -p 0 -i 127.0.0.1 --threads 1 --cpus 1 -m $calls --duration $(( SECS + 60 )) --json $UAS_EXTRA \
+    "$SIPLOAD" uas -p 0 -i 127.0.0.1 --threads 1 $UAS_PIN -m $calls --duration $(( SECS + 60 )) --json $UAS_EXTRA \
         >"$TMP/uas.json" 2>"$TMP/uas.err" &
     local upid=$!
     local port=""
@@ -58,7 +61,7 @@ sipload_pair() { # rate -> "success% cps cpu_us_per_call"
         [ -n "$port" ] && break
         sleep 0.1
     done
-    "$SIPLOAD" uac 127.0.0.1:$port -r $rate -m $calls --threads 1 --cpus 0 --json >"$TMP/uac.json"
+    "$SIPLOAD" uac 127.0.0.1:$port -r $rate -m $calls --threads 1 $UAC_PIN --json >"$TMP/uac.json"
     wait $upid
     python3 -c "
 import json
