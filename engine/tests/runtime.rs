@@ -11,8 +11,6 @@ use siplb::config::Config;
 use siplb::runtime::Runtime;
 use siplb_parser::scan_datagram;
 
-const BASE: u16 = 21600;
-
 fn sock() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -72,22 +70,36 @@ fn respond(req: &str, code: u16, tag: &str, contact: SocketAddr) -> String {
 }
 
 #[test]
-fn callee_byes_reach_the_owner_worker() {
-    let backend = UdpSocket::bind(("127.0.0.1", BASE + 11)).unwrap();
+fn callee_byes_reach_the_owner_worker_epoll() {
+    callee_byes_reach_the_owner_worker("epoll", 21600);
+}
+
+#[test]
+fn callee_byes_reach_the_owner_worker_io_uring() {
+    callee_byes_reach_the_owner_worker("io_uring", 21620);
+}
+
+fn callee_byes_reach_the_owner_worker(io: &str, base: u16) {
+    let backend = UdpSocket::bind(("127.0.0.1", base + 11)).unwrap();
     backend.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let cfg = format!(
-        "[server]\nlisten = [\"127.0.0.1:{BASE}\"]\nworkers = 2\npin_cores = false\ninternal_port_base = {}\n\
+        "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\ninternal_port_base = {}\nio = \"{io}\"\n\
          [admin]\nenabled = false\n\
          [[destinations]]\nid = 1\ngroup = 1\nuri = \"sip:127.0.0.1:{}\"\nresources = \"pstn=100\"\n\
          [[rules]]\nmethod = \"INVITE\"\nload_balance = {{ group = 1, resources = \"pstn\" }}\n",
-        BASE + 1,
-        BASE + 11
+        base + 1,
+        base + 11
     );
     let cfg = Arc::new(Config::parse(&cfg).unwrap());
     let rt = Runtime::start(cfg).unwrap();
+    match (io, siplb::runtime::uring::available()) {
+        ("io_uring", Ok(())) => assert_eq!(rt.io(), "io_uring"),
+        ("io_uring", Err(e)) => eprintln!("io_uring unavailable here ({e}); the epoll fallback is tested"),
+        _ => assert_eq!(rt.io(), "epoll"),
+    }
     let caller = sock();
     let caller_addr = caller.local_addr().unwrap();
-    let proxy: SocketAddr = format!("127.0.0.1:{BASE}").parse().unwrap();
+    let proxy: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
     let calls = 12;
     for i in 0..calls {
         let invite = format!(

@@ -32,7 +32,9 @@ fn scenarios() -> PathBuf {
 }
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("siplb-sipp-{name}-{}", std::process::id()));
+    // The test's thread name tells the epoll and io_uring variants apart.
+    let thread = std::thread::current().name().unwrap_or("t").replace("::", "-");
+    let d = std::env::temp_dir().join(format!("siplb-sipp-{thread}-{name}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&d);
     d
 }
@@ -45,15 +47,15 @@ struct Siplb {
 
 impl Siplb {
     /// `base`: listen port; base+1.. internal ports, base+9 admin.
-    fn start(name: &str, base: u16, dests: &[(u16, &str)], extra: &str) -> Siplb {
-        Siplb::start_with_flags(name, base, dests, extra, "")
+    fn start(io: &str, name: &str, base: u16, dests: &[(u16, &str)], extra: &str) -> Siplb {
+        Siplb::start_with_flags(io, name, base, dests, extra, "")
     }
 
     /// As [`Siplb::start`], with `load_balance` flags.
-    fn start_with_flags(name: &str, base: u16, dests: &[(u16, &str)], extra: &str, flags: &str) -> Siplb {
+    fn start_with_flags(io: &str, name: &str, base: u16, dests: &[(u16, &str)], extra: &str, flags: &str) -> Siplb {
         let mut cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\n\
-             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"epoll\"\nlog_level = \"info\"\n\
+             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"{io}\"\nlog_level = \"info\"\n\
              [admin]\nlisten = \"127.0.0.1:{}\"\n\
              [timers]\nfr_timeout = \"2s\"\nfr_inv_timeout = \"10s\"\n{extra}\n",
             base + 1,
@@ -282,13 +284,8 @@ fn expect_scenario(name: &str, method: &str, max_forwards: u8, code: u16) -> Pat
     path
 }
 
-#[test]
-fn calls_through_siplb_to_two_backends() {
-    if !sipp_available() {
-        return;
-    }
-    let base = 21000;
-    let lb = Siplb::start("basic", base, &[(base + 11, "pstn=32"), (base + 12, "pstn=32")], "");
+fn calls_through_siplb_to_two_backends(io: &str, base: u16) {
+    let lb = Siplb::start(io, "basic", base, &[(base + 11, "pstn=32"), (base + 12, "pstn=32")], "");
     let _a = uas("basic", "uas.xml", base + 11);
     let _b = uas("basic", "uas.xml", base + 12);
     std::thread::sleep(Duration::from_millis(200));
@@ -305,14 +302,15 @@ fn calls_through_siplb_to_two_backends() {
     lb.assert_idle();
 }
 
-#[test]
-fn failover_on_503() {
-    if !sipp_available() {
-        return;
-    }
-    let base = 21100;
+fn failover_on_503(io: &str, base: u16) {
     // The refusing backend has more room, so it is chosen first.
-    let lb = Siplb::start("failover", base, &[(base + 11, "pstn=50"), (base + 12, "pstn=10")], "");
+    let lb = Siplb::start(
+        io,
+        "failover",
+        base,
+        &[(base + 11, "pstn=50"), (base + 12, "pstn=10")],
+        "",
+    );
     let _a = uas("failover", "uas_503.xml", base + 11);
     let _b = uas("failover", "uas.xml", base + 12);
     std::thread::sleep(Duration::from_millis(200));
@@ -328,16 +326,17 @@ fn failover_on_503() {
     lb.assert_idle();
 }
 
-#[test]
-fn failover_when_a_backend_does_not_answer() {
-    if !sipp_available() {
-        return;
-    }
-    let base = 21400;
+fn failover_when_a_backend_does_not_answer(io: &str, base: u16) {
     // Nothing listens on base+11: the INVITE goes unanswered (ICMP port
     // unreachable comes back), fr_timeout (2 s) raises a 408, and the
     // call moves to the live backend.
-    let lb = Siplb::start("silent", base, &[(base + 11, "pstn=50"), (base + 12, "pstn=10")], "");
+    let lb = Siplb::start(
+        io,
+        "silent",
+        base,
+        &[(base + 11, "pstn=50"), (base + 12, "pstn=10")],
+        "",
+    );
     let _b = uas("silent", "uas.xml", base + 12);
     std::thread::sleep(Duration::from_millis(200));
     let ok = uac(
@@ -353,16 +352,17 @@ fn failover_when_a_backend_does_not_answer() {
     lb.assert_idle();
 }
 
-#[test]
-fn callee_hangs_up() {
-    if !sipp_available() {
-        return;
-    }
-    let base = 21500;
+fn callee_hangs_up(io: &str, base: u16) {
     // Two backends on two ports: their BYEs reach siplb on 4-tuples that
     // SO_REUSEPORT may hash to the worker that does not own the dialog,
     // which then hands the BYE over.
-    let lb = Siplb::start("calleebye", base, &[(base + 11, "pstn=10"), (base + 12, "pstn=10")], "");
+    let lb = Siplb::start(
+        io,
+        "calleebye",
+        base,
+        &[(base + 11, "pstn=10"), (base + 12, "pstn=10")],
+        "",
+    );
     let _a = uas("calleebye", "uas_bye.xml", base + 11);
     let _b = uas("calleebye", "uas_bye.xml", base + 12);
     std::thread::sleep(Duration::from_millis(200));
@@ -379,13 +379,8 @@ fn callee_hangs_up() {
     lb.assert_idle();
 }
 
-#[test]
-fn cancel_while_ringing() {
-    if !sipp_available() {
-        return;
-    }
-    let base = 21200;
-    let lb = Siplb::start("cancel", base, &[(base + 11, "pstn=5")], "");
+fn cancel_while_ringing(io: &str, base: u16) {
+    let lb = Siplb::start(io, "cancel", base, &[(base + 11, "pstn=5")], "");
     let _a = uas("cancel", "uas_ring.xml", base + 11);
     std::thread::sleep(Duration::from_millis(200));
     let ok = uac(
@@ -400,14 +395,9 @@ fn cancel_while_ringing() {
     lb.assert_idle();
 }
 
-#[test]
-fn local_answers() {
-    if !sipp_available() {
-        return;
-    }
-    let base = 21300;
+fn local_answers(io: &str, base: u16) {
     // pstn=0: every destination is full.
-    let lb = Siplb::start("local", base, &[(base + 11, "pstn=0")], "");
+    let lb = Siplb::start(io, "local", base, &[(base + 11, "pstn=0")], "");
     let cases = [
         ("OPTIONS", 70, 200),
         ("MESSAGE", 70, 405),
@@ -426,8 +416,9 @@ fn local_answers() {
 
 /// Starts 30 long calls on capacities 10/20/30 and returns the loads seen
 /// while they are all up.
-fn spread(name: &str, base: u16, flags: &str) -> Vec<u64> {
+fn spread(io: &str, name: &str, base: u16, flags: &str) -> Vec<u64> {
     let lb = Siplb::start_with_flags(
+        io,
         name,
         base,
         &[(base + 11, "pstn=10"), (base + 12, "pstn=20"), (base + 13, "pstn=30")],
@@ -457,20 +448,49 @@ fn spread(name: &str, base: u16, flags: &str) -> Vec<u64> {
     loads
 }
 
-#[test]
-fn distribution_absolute_equalises_free_channels() {
-    if !sipp_available() {
-        return;
-    }
+fn distribution_absolute_equalises_free_channels(io: &str, base: u16) {
     // 10 channels left on each.
-    assert_eq!(spread("spread-abs", 21700, ""), vec![0, 10, 20]);
+    assert_eq!(spread(io, "spread-abs", base, ""), vec![0, 10, 20]);
 }
 
-#[test]
-fn distribution_relative_is_proportional_to_capacity() {
-    if !sipp_available() {
-        return;
-    }
+fn distribution_relative_is_proportional_to_capacity(io: &str, base: u16) {
     // Flag r: each destination half full.
-    assert_eq!(spread("spread-rel", 21800, "r"), vec![5, 10, 15]);
+    assert_eq!(spread(io, "spread-rel", base, "r"), vec![5, 10, 15]);
+}
+
+/// Runs a test body on both I/O paths, on port ranges 50 apart.
+macro_rules! both_io {
+    ($($name:ident = $base:expr;)*) => {
+        mod epoll {
+            $(
+                #[test]
+                fn $name() {
+                    if super::sipp_available() {
+                        super::$name("epoll", $base);
+                    }
+                }
+            )*
+        }
+        mod io_uring {
+            $(
+                #[test]
+                fn $name() {
+                    if super::sipp_available() {
+                        super::$name("io_uring", $base + 50);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+both_io! {
+    calls_through_siplb_to_two_backends = 21000;
+    failover_on_503 = 21100;
+    failover_when_a_backend_does_not_answer = 21400;
+    callee_hangs_up = 21500;
+    cancel_while_ringing = 21200;
+    local_answers = 21300;
+    distribution_absolute_equalises_free_channels = 21700;
+    distribution_relative_is_proportional_to_capacity = 21800;
 }

@@ -75,6 +75,8 @@ stats! {
     handoffs,
     /// Dropped: the owner worker's hand-off queue was full.
     drop_handoff,
+    /// Datagrams the kernel refused to send.
+    drop_send,
 }
 
 impl Stats {

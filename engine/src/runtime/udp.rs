@@ -14,7 +14,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// the same public address (the kernel spreads flows over them).
 pub fn bind(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
+    // No SO_REUSEADDR: for UDP on Linux it lets a second process bind the
+    // same port and steal half the traffic.
     if reuse_port {
         s.set_reuse_port(true)?;
     }
@@ -24,6 +25,14 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<Udp
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
+}
+
+/// Fails when another socket (another siplb, say) already holds `addr`:
+/// `SO_REUSEPORT` would otherwise let a second process share the port
+/// silently.
+pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.bind(&addr.into())
 }
 
 /// An epoll instance.

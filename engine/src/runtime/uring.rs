@@ -1,0 +1,307 @@
+//! The io_uring socket edge: multishot `recvmsg` into provided buffers,
+//! `sendmsg` per datagram, one ring per worker.
+//!
+//! Buffer ownership (the reason for the `unsafe` here):
+//! - receive buffers live in one `Vec<u8>` per worker, cut into `count`
+//!   slices of `size` bytes, lent to the kernel with `ProvideBuffers`
+//!   (group [`GROUP`]). A completion names the slice it filled; the worker
+//!   reads it, then lends it again. The `Vec` is never resized and outlives
+//!   the ring (fields drop in declaration order: the ring first).
+//! - the `msghdr` template of the multishot receives is boxed and lives as
+//!   long as the ring.
+//! - each send owns a boxed [`SendOp`] (payload, iovec, address, msghdr)
+//!   kept in `sends` until its completion arrives, so every pointer handed
+//!   to the kernel stays valid and unmoved.
+//!
+//! When the kernel refuses io_uring (old kernel, seccomp, RLIMIT_MEMLOCK),
+//! [`Uring::new`] fails and the runtime uses epoll.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use socket2::SockAddr;
+
+/// The provided-buffer group id.
+pub const GROUP: u16 = 7;
+
+const KIND_SHIFT: u64 = 56;
+const KIND_RECV: u64 = 1;
+const KIND_SEND: u64 = 2;
+const KIND_WAKE: u64 = 3;
+const KIND_PROVIDE: u64 = 4;
+
+/// One datagram being sent; everything the kernel reads from stays here.
+struct SendOp {
+    payload: Vec<u8>,
+    addr: SockAddr,
+    iov: libc::iovec,
+    hdr: libc::msghdr,
+}
+
+/// What a completion brought.
+pub enum Event<'a> {
+    /// A datagram arrived on socket `socket`.
+    Datagram {
+        /// Index of the socket (as passed to [`Uring::arm`]).
+        socket: usize,
+        /// Its source.
+        src: SocketAddr,
+        /// Its bytes.
+        bytes: &'a [u8],
+        /// Larger than the buffer: cut short.
+        truncated: bool,
+    },
+    /// The wake-up eventfd fired.
+    Wake,
+}
+
+/// A worker's ring.
+pub struct Uring {
+    ring: IoUring,
+    sockets: Vec<RawFd>,
+    wake: RawFd,
+    recv_hdr: Box<libc::msghdr>,
+    bufs: Vec<u8>,
+    size: usize,
+    count: u16,
+    sends: Vec<Option<Box<SendOp>>>,
+    free_sends: Vec<usize>,
+    /// Completions copied out of the queue: (user_data, result, flags).
+    ready: Vec<(u64, i32, u32)>,
+    /// Buffers to lend again once the completions that use them are handled.
+    to_return: Vec<u16>,
+}
+
+impl Uring {
+    /// A ring with `count` receive buffers of `size` bytes.
+    pub fn new(count: u16, size: usize) -> io::Result<Uring> {
+        let ring = IoUring::builder().build(1024)?;
+        // SAFETY: an all-zero msghdr is valid; only the lengths matter for
+        // multishot recvmsg (no iovec: the payload goes to the provided
+        // buffer after the header and the name).
+        let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        Ok(Uring {
+            ring,
+            sockets: Vec::new(),
+            wake: -1,
+            recv_hdr: hdr,
+            bufs: vec![0u8; size * usize::from(count)],
+            size,
+            count,
+            sends: Vec::new(),
+            free_sends: Vec::new(),
+            ready: Vec::new(),
+            to_return: Vec::new(),
+        })
+    }
+
+    fn push(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every entry built here points only at memory owned by
+            // `self` (buffers, boxed headers, boxed send ops) that stays
+            // valid until its completion, as the module docs explain.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    /// Lends all buffers, arms a multishot receive on every socket and a
+    /// multishot poll on the wake-up eventfd, and submits.
+    pub fn arm(&mut self, sockets: &[RawFd], wake: RawFd) -> io::Result<()> {
+        self.sockets = sockets.to_vec();
+        self.wake = wake;
+        let provide = opcode::ProvideBuffers::new(self.bufs.as_mut_ptr(), self.size as i32, self.count, GROUP, 0)
+            .build()
+            .user_data(KIND_PROVIDE << KIND_SHIFT);
+        self.push(provide)?;
+        for i in 0..self.sockets.len() {
+            self.arm_recv(i)?;
+        }
+        self.arm_wake()?;
+        // The first completions tell whether the kernel takes these
+        // operations at all (EINVAL/EOPNOTSUPP on kernels without them);
+        // anything else that completed is kept for `dispatch`.
+        self.wait(Duration::from_millis(20))?;
+        for &(ud, res, flags) in &self.ready {
+            let kind = ud >> KIND_SHIFT;
+            let refused = res < 0 && res != -libc::ENOBUFS && !cqueue::more(flags);
+            if refused && (kind == KIND_PROVIDE || kind == KIND_RECV || kind == KIND_WAKE) {
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+        }
+        Ok(())
+    }
+
+    fn arm_recv(&mut self, i: usize) -> io::Result<()> {
+        let fd = self.sockets[i];
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr as *const libc::msghdr, GROUP)
+            .build()
+            .user_data(KIND_RECV << KIND_SHIFT | i as u64);
+        self.push(e)
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(self.wake), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(KIND_WAKE << KIND_SHIFT);
+        self.push(e)
+    }
+
+    /// Queues one datagram.
+    pub fn send(&mut self, fd: RawFd, dst: SocketAddr, payload: Vec<u8>) -> io::Result<()> {
+        let addr = SockAddr::from(dst);
+        let mut op = Box::new(SendOp {
+            payload,
+            addr,
+            // SAFETY: all-zero iovec/msghdr are valid; filled below.
+            iov: unsafe { std::mem::zeroed() },
+            hdr: unsafe { std::mem::zeroed() },
+        });
+        op.iov.iov_base = op.payload.as_mut_ptr().cast();
+        op.iov.iov_len = op.payload.len();
+        op.hdr.msg_name = op.addr.as_ptr() as *mut libc::c_void;
+        op.hdr.msg_namelen = op.addr.len();
+        op.hdr.msg_iov = &mut op.iov;
+        op.hdr.msg_iovlen = 1;
+        let slot = match self.free_sends.pop() {
+            Some(s) => s,
+            None => {
+                self.sends.push(None);
+                self.sends.len() - 1
+            }
+        };
+        let e = opcode::SendMsg::new(types::Fd(fd), &op.hdr as *const libc::msghdr)
+            .build()
+            .user_data(KIND_SEND << KIND_SHIFT | slot as u64);
+        self.sends[slot] = Some(op);
+        self.push(e)
+    }
+
+    /// Submits what is queued and waits for a completion or `timeout`;
+    /// the completions are kept for [`Uring::dispatch`].
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        self.ready
+            .extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        Ok(())
+    }
+
+    /// Handles the completions gathered by the last [`Uring::wait`]:
+    /// receives go to `on_event`, finished sends are freed, multishot
+    /// operations the kernel ended are armed again, buffers are lent again.
+    pub fn dispatch(&mut self, mut on_event: impl FnMut(Event<'_>)) -> io::Result<u64> {
+        let mut send_errors = 0;
+        let ready = std::mem::take(&mut self.ready);
+        for &(ud, res, flags) in &ready {
+            let kind = ud >> KIND_SHIFT;
+            let idx = (ud & ((1 << KIND_SHIFT) - 1)) as usize;
+            match kind {
+                KIND_RECV => {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if res >= 0 {
+                            let start = usize::from(bid) * self.size;
+                            let len = (res as usize).min(self.size);
+                            let buf = &self.bufs[start..start + len];
+                            if let Ok(out) = types::RecvMsgOut::parse(buf, &self.recv_hdr) {
+                                if let Some(src) = sockaddr(out.name_data(), out.incoming_name_len()) {
+                                    on_event(Event::Datagram {
+                                        socket: idx,
+                                        src,
+                                        bytes: out.payload_data(),
+                                        truncated: out.is_payload_truncated(),
+                                    });
+                                }
+                            }
+                        }
+                        self.to_return.push(bid);
+                    }
+                    if !cqueue::more(flags) {
+                        self.arm_recv(idx)?;
+                    }
+                }
+                KIND_SEND => {
+                    if res < 0 {
+                        send_errors += 1;
+                    }
+                    if let Some(slot) = self.sends.get_mut(idx) {
+                        *slot = None;
+                        self.free_sends.push(idx);
+                    }
+                }
+                KIND_WAKE => {
+                    on_event(Event::Wake);
+                    if !cqueue::more(flags) {
+                        self.arm_wake()?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.ready = ready;
+        self.ready.clear();
+        let returns = std::mem::take(&mut self.to_return);
+        for &bid in &returns {
+            let start = usize::from(bid) * self.size;
+            // SAFETY: `start` is inside `bufs` (bid < count), and the
+            // slice is handed back to the kernel, which owns it until the
+            // next completion that names it.
+            let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
+            let e = opcode::ProvideBuffers::new(ptr, self.size as i32, 1, GROUP, bid)
+                .build()
+                .user_data(KIND_PROVIDE << KIND_SHIFT);
+            self.push(e)?;
+        }
+        self.to_return = returns;
+        self.to_return.clear();
+        Ok(send_errors)
+    }
+}
+
+/// A socket address from raw sockaddr bytes.
+fn sockaddr(name: &[u8], len: u32) -> Option<SocketAddr> {
+    let len = (len as usize)
+        .min(name.len())
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: all-zero sockaddr_storage is valid; we copy at most its size.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // SAFETY: `len` bytes fit in both the source slice and the storage.
+    unsafe {
+        std::ptr::copy_nonoverlapping(name.as_ptr(), (&mut storage as *mut libc::sockaddr_storage).cast(), len);
+    }
+    // SAFETY: storage holds `len` initialised bytes of a sockaddr.
+    let addr = unsafe { SockAddr::new(storage, len as libc::socklen_t) };
+    addr.as_socket()
+}
+
+/// Whether this kernel and process can use the io_uring path, checked
+/// with a throw-away ring and socket on a throw-away thread (io_uring task
+/// work left behind would otherwise interrupt the caller's next blocking
+/// system call with EINTR).
+pub fn available() -> io::Result<()> {
+    std::thread::spawn(|| {
+        use std::os::fd::AsRawFd;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let wake = super::udp::EventFd::new()?;
+        let mut u = Uring::new(4, 2048)?;
+        u.arm(&[sock.as_raw_fd()], wake.raw())
+    })
+    .join()
+    .unwrap_or_else(|_| Err(io::Error::other("io_uring probe panicked")))
+}
