@@ -315,6 +315,11 @@ pub struct LoadBalanceFile {
 pub struct RelayFile {
     /// Where to send (IP address host).
     pub uri: Spanned<String>,
+    /// Resources to count as load on the destination the call comes from
+    /// (OpenSIPS `lb_count_call`), `"pstn"`; only for INVITEs whose source
+    /// is a configured destination.
+    #[serde(default)]
+    pub count: Option<Spanned<String>>,
 }
 
 /// `reply = { code, reason }`
@@ -593,6 +598,9 @@ pub enum Action {
     Relay {
         /// Where.
         addr: SocketAddr,
+        /// Resources counted on the source destination for the call's
+        /// lifetime (empty: none).
+        count: ResourceSet,
     },
     /// Answer locally.
     Reply {
@@ -1090,7 +1098,17 @@ impl Validator<'_> {
                         format!("{name}: relay uri must be a sip: URI with an IP address host"),
                     )
                 })?;
-                Action::Relay { addr }
+                let mut count = ResourceSet::EMPTY;
+                if let Some(c) = &relay.count {
+                    for res in c.get_ref().split(';').map(str::trim).filter(|p| !p.is_empty()) {
+                        let rid = resource_names
+                            .iter()
+                            .position(|n| n == res)
+                            .ok_or_else(|| self.err(c.span(), format!("{name}: unknown resource {res:?}")))?;
+                        count = count.with(rid);
+                    }
+                }
+                Action::Relay { addr, count }
             } else if let Some(reply) = &r.reply {
                 let code = *reply.code.get_ref();
                 if !(200..700).contains(&code) {

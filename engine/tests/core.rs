@@ -711,3 +711,66 @@ fn corrupted_datagrams_never_break_the_counters() {
         failures.join("\n")
     );
 }
+
+// ---- rules: relay, source matching, lb_count_call ---------------------------------
+
+#[test]
+fn relay_counts_calls_from_a_destination() {
+    // The caller (127.0.0.2:6000) is itself a destination of group 2:
+    // its calls are relayed to 5081 and counted as load on it.
+    let mut text = config_text(&[(5081, "pstn=5;vm=5")], "");
+    text.push_str("[[destinations]]\nid = 9\ngroup = 2\nuri = \"sip:127.0.0.2:6000\"\nresources = \"pstn=3\"\n");
+    text = text.replacen(
+        "[[rules]]",
+        "[[rules]]\nname = \"from backends\"\nsource = \"destinations\"\nmethod = \"INVITE\"\n\
+         relay = { uri = \"sip:127.0.0.1:5081\", count = \"pstn\" }\n[[rules]]",
+        1,
+    );
+    let mut w = World::new(&text, 31, CLEAN);
+    w.uas
+        .push(Uas::new(addr("127.0.0.1:5081"), Box::new(|_| (answer(), None))));
+    w.uac.add_call(w.base, plan(0));
+    w.run_checked(w.base + Duration::from_millis(700)).unwrap();
+    let load = |w: &World, i: usize| w.table.destinations()[i].counter(0).unwrap().load();
+    assert_eq!(
+        (load(&w, 0), load(&w, 1)),
+        (0, 1),
+        "counted on the source, not the target"
+    );
+    finish(&mut w);
+    assert_eq!(outcome(&w), sim::Outcome::Answered);
+    assert_eq!(w.stat("processed_dialogs"), 1);
+}
+
+#[test]
+fn rules_match_source_networks() {
+    let mut text = config_text(&[(5081, "pstn=5;vm=5")], "");
+    text = text.replacen(
+        "[[rules]]",
+        "[[rules]]\nsource = [\"10.0.0.0/8\", \"192.0.2.7\"]\nreply = { code = 403, reason = \"Not From There\" }\n[[rules]]",
+        1,
+    );
+    let mut w = World::new(&text, 32, CLEAN);
+    let req = request("OPTIONS", false, Some(70), &[]);
+    for (src, want) in [
+        ("10.1.2.3:5060", "SIP/2.0 403 Not From There"),
+        ("192.0.2.7:5060", "SIP/2.0 403 "),
+        ("192.0.2.8:5060", "SIP/2.0 200 "),
+    ] {
+        w.proxy.handle_datagram(w.now, Local::Public(0), addr(src), &req, false);
+        let t = w.proxy.poll_transmit().unwrap();
+        assert_eq!(t.dst, addr(src));
+        let text = String::from_utf8_lossy(&t.payload);
+        assert!(text.starts_with(want), "{src}: {text}");
+    }
+}
+
+#[test]
+fn ack_of_a_local_503_is_absorbed() {
+    let mut w = world(&[(5081, "pstn=0", answer(), None)], "", 33, CLEAN);
+    w.uac.add_call(w.base, plan(0));
+    finish(&mut w);
+    assert_eq!(outcome(&w), sim::Outcome::Rejected(503));
+    assert_eq!(w.stat("drop_stray_ack"), 0);
+    assert!(w.stat("absorbed") >= 1);
+}

@@ -406,7 +406,10 @@ impl Proxy {
                         }
                     }
                 }
-                if m.to_tag().is_some() {
+                if m.to_tag().is_some_and(|t| t == self.to_tag(m).as_slice()) {
+                    // The ACK of a stateless local reply (503, 483, rules).
+                    Stats::inc(&self.stats.absorbed);
+                } else if m.to_tag().is_some() {
                     self.in_dialog(now, local, src, m, method);
                 } else {
                     Stats::inc(&self.stats.drop_stray_ack);
@@ -442,12 +445,35 @@ impl Proxy {
         };
         match action {
             Action::Reply { code, reason } => self.reply(local, src, m, code, &reason, b""),
-            Action::Relay { addr } => {
+            Action::Relay { addr, count } => {
                 if self.hops_exhausted(local, src, m) {
                     return;
                 }
                 let invite = method == Method::Invite;
-                self.start_txn(now, local, src, m, key, addr, None, None, invite, false);
+                // lb_count_call: a call from one of our destinations counts
+                // as load on it while its dialog lives.
+                let hold = (invite && !count.is_empty())
+                    .then(|| self.source_destination(src))
+                    .flatten()
+                    .and_then(|d| self.table.count_call(d, count));
+                let dialog = match hold {
+                    Some(h) => match self.new_dialog(now, m, h) {
+                        Some(dk) => Some(dk),
+                        None => {
+                            self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                if self
+                    .start_txn(now, local, src, m, key, addr, dialog, None, invite, false)
+                    .is_none()
+                {
+                    if let Some(dk) = dialog {
+                        self.end_dialog(dk, End::Failed);
+                    }
+                }
             }
             Action::LoadBalance {
                 group,
@@ -474,24 +500,10 @@ impl Proxy {
                     self.start_txn(now, local, src, m, key, dest, None, None, false, false);
                     return;
                 }
-                let dialog = Dialog {
-                    state: DialogState::Early,
-                    hold: Some(hold),
-                    call_id: msg::hash(&[m.call_id()]),
-                    expires: now + self.cfg.timers.dialog_lifetime,
-                };
-                let Some(dk) = self.dialogs.insert(dialog) else {
-                    table.release(hold);
-                    Stats::inc(&self.stats.table_full);
+                let Some(dk) = self.new_dialog(now, m, hold) else {
                     self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
                     return;
                 };
-                Stats::inc(&self.stats.processed_dialogs);
-                Stats::inc(&self.stats.early_dialogs);
-                self.schedule(
-                    now + self.cfg.timers.dialog_lifetime,
-                    TimerRef::Dialog(dk.index, dk.generation),
-                );
                 let mut tried = Tried::default();
                 tried.push(hold.dest);
                 let lb = Some((group, resources, flags));
@@ -509,6 +521,37 @@ impl Proxy {
                 }
             }
         }
+    }
+
+    /// Creates an early dialog holding `hold`; on a full table releases
+    /// the hold and returns `None`.
+    fn new_dialog(&mut self, now: Instant, m: &Message<'_>, hold: Hold) -> Option<Key> {
+        let lifetime = self.cfg.timers.dialog_lifetime;
+        let dialog = Dialog {
+            state: DialogState::Early,
+            hold: Some(hold),
+            call_id: msg::hash(&[m.call_id()]),
+            expires: now + lifetime,
+        };
+        let Some(dk) = self.dialogs.insert(dialog) else {
+            self.table.release(hold);
+            Stats::inc(&self.stats.table_full);
+            return None;
+        };
+        Stats::inc(&self.stats.processed_dialogs);
+        Stats::inc(&self.stats.early_dialogs);
+        self.schedule(now + lifetime, TimerRef::Dialog(dk.index, dk.generation));
+        Some(dk)
+    }
+
+    /// The destination a request comes from: same address, else same IP.
+    fn source_destination(&self, src: SocketAddr) -> Option<u16> {
+        let dests = self.table.destinations();
+        dests
+            .iter()
+            .position(|d| d.addr() == src)
+            .or_else(|| dests.iter().position(|d| d.addr().ip() == src.ip()))
+            .map(|i| i as u16)
     }
 
     fn no_capacity(&mut self, local: Local, src: SocketAddr, m: &Message<'_>, e: LbError) {
