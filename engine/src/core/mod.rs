@@ -51,6 +51,12 @@
 //! transition to *ended* gives it back, exactly once (`Option::take`).
 //! Counters: early, active (confirmed), processed, expired, failed.
 //!
+//! # Timers
+//! One [`timer::TimerWheel`] per proxy (10 ms ticks, 40.96 s span, a heap
+//! beyond): a timer fires at most one tick late, never early. Entries are
+//! cancelled lazily: a fired entry whose transaction or dialog moved on is
+//! ignored.
+//!
 //! # Contract
 //! No input panics the core. Every datagram is relayed, answered, absorbed
 //! or dropped and counted in [`Stats`].
@@ -60,9 +66,9 @@
 pub mod msg;
 pub mod slab;
 pub mod stats;
+pub mod timer;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +83,10 @@ use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried};
 use msg::{BranchId, DialogId};
 use slab::{Key, Slab};
 pub use stats::Stats;
+use timer::TimerWheel;
+
+/// Granularity of the timer wheel: timers fire at most this much late.
+const TICK: Duration = Duration::from_millis(10);
 
 /// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
 const T4: Duration = Duration::from_secs(5);
@@ -211,7 +221,8 @@ pub struct Proxy {
     txns: Slab<Txn>,
     index: HashMap<u64, Key>,
     dialogs: Slab<Dialog>,
-    timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
+    timers: TimerWheel<TimerRef>,
+    expired: Vec<TimerRef>,
     out: VecDeque<Transmit>,
     rng: u64,
 }
@@ -231,7 +242,8 @@ impl Proxy {
             txns: Slab::new(cfg.limits.max_transactions, 0),
             index: HashMap::new(),
             dialogs: Slab::new(cfg.limits.max_dialogs, 0),
-            timers: BinaryHeap::new(),
+            timers: TimerWheel::new(TICK),
+            expired: Vec::new(),
             out: VecDeque::new(),
             rng: seed | 1,
             cfg,
@@ -269,7 +281,7 @@ impl Proxy {
 
     /// When [`Proxy::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        self.timers.next_deadline()
     }
 
     /// Ends every dialog (releasing its load) and forgets all transactions.
@@ -282,7 +294,7 @@ impl Proxy {
         for k in keys {
             self.remove_txn(k);
         }
-        self.timers.clear();
+        self.timers = TimerWheel::new(TICK);
     }
 
     /// Processes one datagram received on `local` from `remote`.
@@ -294,6 +306,7 @@ impl Proxy {
         bytes: &[u8],
         handed_off: bool,
     ) -> Disposition {
+        self.timers.observe(now);
         if bytes.len() > self.cfg.limits.max_message_size {
             Stats::inc(&self.stats.drop_too_big);
             return Disposition::Handled;
@@ -332,11 +345,10 @@ impl Proxy {
 
     /// Fires the timers due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&Reverse((t, r))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
+        self.timers.observe(now);
+        let mut due = std::mem::take(&mut self.expired);
+        self.timers.expire(now, &mut due);
+        for r in due.drain(..) {
             match r {
                 TimerRef::Txn(index, generation) => self.txn_timeout(now, Key { index, generation }),
                 TimerRef::Dialog(index, generation) => {
@@ -347,6 +359,7 @@ impl Proxy {
                 }
             }
         }
+        self.expired = due;
     }
 
     /// The worker that owns a message, when siplb's own marks say so.
@@ -1146,7 +1159,7 @@ impl Proxy {
     // ---- timers ----------------------------------------------------------
 
     fn schedule(&mut self, at: Instant, r: TimerRef) {
-        self.timers.push(Reverse((at, r)));
+        self.timers.insert(at, r);
     }
 
     /// (Re)arms the transaction's wake-up at its earliest timer.
