@@ -138,14 +138,20 @@ pub fn lb_list(view: &View) -> Value {
                     Some(json!({"name": names.get(rid)?, "max": c.capacity(), "load": c.load()}))
                 })
                 .collect();
-            json!({
+            // OpenSIPS's keys: uri, id, group, enabled, auto-reenable
+            // ("off" for a destination disabled by hand), Resources, attrs.
+            let mut item = json!({
+                "uri": d.config.uri,
                 "id": d.config.id,
                 "group": d.config.group,
-                "uri": d.config.uri,
                 "enabled": if d.enabled() { "yes" } else { "no" },
-                "auto-re": if d.config.probe_mode == 0 { "off" } else { "on" },
+                "auto-reenable": if d.config.disabled { "off" } else { "on" },
                 "Resources": resources,
-            })
+            });
+            if !d.config.attrs.is_empty() {
+                item["attrs"] = json!(d.config.attrs);
+            }
+            item
         })
         .collect();
     json!({ "Destinations": dests })
@@ -229,6 +235,8 @@ mod tests {
         assert_eq!(d["id"], 2);
         assert_eq!(d["uri"], "sip:127.0.0.1:5082");
         assert_eq!(d["enabled"], "yes");
+        assert_eq!(d["auto-reenable"], "on");
+        assert!(d.get("attrs").is_none(), "empty attrs are left out, as OpenSIPS does");
         assert_eq!(d["Resources"][0], json!({"name": "pstn", "max": 32, "load": 0}));
         let r2 = handle(r#"{"jsonrpc":"2.0","method":"load_balancer:list","id":2}"#, &v);
         assert_eq!(r2["result"], r["result"]);

@@ -109,8 +109,29 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Drops are counted per datagram and reported here at most once per
+    // 10 s, never logged per packet.
+    let mut last_report = std::time::Instant::now();
+    let mut seen = runtime.statistics();
     while !SIGNALLED.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = std::time::Instant::now();
+            let now = runtime.statistics();
+            let deltas: Vec<String> = now
+                .iter()
+                .zip(&seen)
+                .filter(|((name, _), _)| {
+                    name.starts_with("drop_") || matches!(*name, "bad_requests" | "table_full" | "unknown_dialogs")
+                })
+                .filter(|((_, v), (_, old))| v > old)
+                .map(|((name, v), (_, old))| format!("{name}={}", v - old))
+                .collect();
+            if !deltas.is_empty() {
+                tracing::warn!(last_10s = %deltas.join(" "), "datagrams dropped or refused");
+            }
+            seen = now;
+        }
     }
     tracing::info!("stopping");
     let stop = runtime.stop_flag();
