@@ -291,11 +291,12 @@ def table(results, append=None):
     for rate in rates:
         d50 = med(values(recs, "p50", kind="direct", rate=rate))
         d99 = med(values(recs, "p99", kind="direct", rate=rate))
-        w(
-            f"| direct (no proxy) | {rate} | {spread(values(recs, 'success', kind='direct', rate=rate), '{:.2f}')} "
-            f"| | | | {spread(values(recs, 'p50', kind='direct', rate=rate), '{:.2f}')} / "
-            f"{spread(values(recs, 'p99', kind='direct', rate=rate), '{:.2f}')} | | | | |"
-        )
+        if d50 is not None:
+            w(
+                f"| direct (no proxy) | {rate} | {spread(values(recs, 'success', kind='direct', rate=rate), '{:.2f}')} "
+                f"| | | | {spread(values(recs, 'p50', kind='direct', rate=rate), '{:.2f}')} / "
+                f"{spread(values(recs, 'p99', kind='direct', rate=rate), '{:.2f}')} | | | | |"
+            )
         for t in targets:
             m = dict(kind="fixed", target=t, rate=rate)
             if not values(recs, "calls", **m):

@@ -91,8 +91,8 @@ else
     : "${REPS:=3}" "${WRITE:=1}"
     FIXED_SECS=5
     RATES=${PERF_RATES:-2000 5000}
-    RAMP_START=2000 RAMP_STEP=2000 RAMP_SECS=3 RAMP_BISECT=3
-    SIPP_START=2000 SIPP_STEP=2000 SIPP_SECS=3 SIPP_BISECT=2
+    RAMP_START=4000 RAMP_STEP=4000 RAMP_SECS=3 RAMP_BISECT=3
+    SIPP_START=4000 SIPP_STEP=4000 SIPP_SECS=3 SIPP_BISECT=2
     OVL_SECS=6 OVL_HOLD_MS=1000
     FLOOR_SECS=3
     MAX_SECONDS=${PERF_MAX_SECONDS:-2400}
@@ -120,7 +120,8 @@ WORK=$(cd "$WORK" && pwd)
 RES=$WORK/results.jsonl
 : >"$RES"
 
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+exec 3>&2 # the terminal's stderr, whatever a command's redirections are when a signal comes
+log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&3; }
 
 # ---------------------------------------------------------------- processes
 # Everything is started through `start`, under `timeout` (so nothing outlives
@@ -175,10 +176,23 @@ stop() {
     PART_PIDS=()
 }
 
+# Long foreground commands run through `fg`, in the background with a
+# `wait`, so that a signal is handled at once rather than when they end.
+FG=
+fg() {
+    "$@" &
+    FG=$!
+    local rc=0
+    wait $FG || rc=$?
+    FG=
+    return $rc
+}
+
 WATCHDOG=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ -n "$FG" ] && kill_list "$FG"
     [ ${#ALL_PIDS[@]} -gt 0 ] && kill_list "${ALL_PIDS[@]}"
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     wait 2>/dev/null || true
@@ -362,7 +376,7 @@ fixed_run() { # TARGET RATE REP
     siplb_stats >"$f.stats0"
     local before after d0 d1 th0 th1
     before=$(ticks "$TARGET_PID") d0=$(drops) th0=$(threads "$TARGET_PID")
-    timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r "$rate" \
+    fg timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r "$rate" \
         --duration "$FIXED_SECS" --timeout 5000 "${UAC[@]}" --json >"$f.json" 2>"$f.err" || true
     after=$(ticks "$TARGET_PID") d1=$(drops) th1=$(threads "$TARGET_PID")
     siplb_stats >"$f.stats1"
@@ -373,7 +387,7 @@ fixed_run() { # TARGET RATE REP
 
 ramp_run() { # TARGET REP
     local f=$WORK/ramp-$1-$2
-    timeout -k 3 600 "$BIN/sipload" ramp "$IP:$PROXY_PORT" -s $SERVICE --start $RAMP_START \
+    fg timeout -k 3 600 "$BIN/sipload" ramp "$IP:$PROXY_PORT" -s $SERVICE --start $RAMP_START \
         --step $RAMP_STEP --step-secs $RAMP_SECS --bisect $RAMP_BISECT --timeout 5000 \
         "${UAC[@]}" --json >"$f.json" 2>"$f.err" || true
     record ramp --target "$1" --rep "$2" --gen sipload --file "$f.json"
@@ -383,10 +397,10 @@ ramp_run() { # TARGET REP
 sipp_step() { # TARGET REP RATE
     local f=$WORK/sipp-$1-$2-$3 calls=$(($3 * SIPP_SECS)) port=$PROXY_PORT
     [ "$1" = direct ] && port=$DIRECT_PORT
-    ( cd "$WORK" && timeout -k 3 $((SIPP_SECS + 30)) sipp -sf "$PERF/sipp/uac.xml" -s $SERVICE "$IP:$port" \
+    fg env -C "$WORK" timeout -k 3 $((SIPP_SECS + 30)) sipp -sf "$PERF/sipp/uac.xml" -s $SERVICE "$IP:$port" \
         -i "$IP" -p $UAC_PORT -m "$calls" -r "$3" -d 0 -nostdin -recv_timeout 5000 \
         -timeout $((SIPP_SECS + 25))s -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000 \
-        -trace_stat -stf "$f.csv" -fd 1 >"$f.out" 2>"$f.err" ) || true
+        -trace_stat -stf "$f.csv" -fd 1 >"$f.out" 2>"$f.err" || true
     record sipp-step --target "$1" --rep "$2" --rate "$3" --secs $SIPP_SECS --file "$f.csv"
     sleep 1 # let retransmissions of a failed step drain
 }
@@ -425,12 +439,12 @@ START_TIME=$(date +%s)
 for rep in $(seq "$REPS"); do
     if want floor; then
         log "rep $rep: floor"
-        timeout 60 "$BIN/sipload" floor --seconds $FLOOR_SECS --json >"$WORK/floor-$rep.json" 2>/dev/null || true
+        fg timeout 60 "$BIN/sipload" floor --seconds $FLOOR_SECS --json >"$WORK/floor-$rep.json" 2>/dev/null || true
         record floor --rep "$rep" --file "$WORK/floor-$rep.json"
         for rate in $RATES; do
             # 13 datagrams per call = 6.5 forwarded (one received + one sent)
             fr=$((rate * 13 / 2))
-            timeout 60 "$WORK/fwd" "$fr" $FLOOR_SECS >"$WORK/fwd-$rate-$rep.json" || true
+            fg timeout 60 "$WORK/fwd" "$fr" $FLOOR_SECS >"$WORK/fwd-$rate-$rep.json" || true
             record fwd --rep "$rep" --rate "$rate" --file "$WORK/fwd-$rate-$rep.json"
         done
     fi
@@ -441,14 +455,14 @@ for rep in $(seq "$REPS"); do
         wait_port $DIRECT_PORT
         for rate in $RATES; do
             f=$WORK/direct-$rate-$rep
-            timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$DIRECT_PORT" -s $SERVICE -r "$rate" \
+            fg timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$DIRECT_PORT" -s $SERVICE -r "$rate" \
                 --duration "$FIXED_SECS" --timeout 5000 "${UAC[@]}" --json >"$f.json" 2>"$f.err" || true
             record direct --rate "$rate" --rep "$rep" --uac "$f.json"
         done
         if [ "$rep" = 1 ]; then
             # what the generators sustain without a proxy, on their one core
-            timeout -k 3 600 "$BIN/sipload" ramp "$IP:$DIRECT_PORT" -s $SERVICE --start $((RAMP_START * 4)) \
-                --step $((RAMP_STEP * 4)) --step-secs $RAMP_SECS --bisect 2 --timeout 5000 \
+            fg timeout -k 3 600 "$BIN/sipload" ramp "$IP:$DIRECT_PORT" -s $SERVICE --start $((RAMP_START * 5)) \
+                --step $((RAMP_STEP * 5)) --step-secs $RAMP_SECS --bisect 2 --timeout 5000 \
                 "${UAC[@]}" --json >"$WORK/ramp-direct.json" 2>"$WORK/ramp-direct.err" || true
             record ramp --target direct --rep "$rep" --gen sipload --file "$WORK/ramp-direct.json"
         fi
@@ -461,7 +475,7 @@ for rep in $(seq "$REPS"); do
             start_uas_sipload
             start_target "$t"
             # warm up: tables, caches, the kernel's socket buffers
-            timeout 20 "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r 1000 -m 1000 \
+            fg timeout 20 "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r 1000 -m 1000 \
                 "${UAC[@]}" --json >/dev/null 2>&1 || true
             for rate in $RATES; do fixed_run "$t" "$rate" "$rep"; done
             ramp_run "$t" "$rep"
@@ -501,7 +515,7 @@ for rep in $(seq "$REPS"); do
             start_target "$t" "$cap"
             f=$WORK/overload-$t-$rep
             before=$(ticks "$TARGET_PID") d0=$(drops)
-            timeout -k 3 $((OVL_SECS + 60)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r $offered \
+            fg timeout -k 3 $((OVL_SECS + 60)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r $offered \
                 --duration $OVL_SECS -d $OVL_HOLD_MS --timeout 5000 "${UAC[@]}" \
                 --json >"$f.json" 2>"$f.err" || true
             after=$(ticks "$TARGET_PID") d1=$(drops)
@@ -521,7 +535,7 @@ if want profile && command -v perf >/dev/null; then
     start_target siplb-1w
     start "$WORK/perf-record.log" perf record -F 1999 -g -p "$TARGET_PID" -o "$WORK/perf.data" -- sleep $FIXED_SECS
     precord=$STARTED
-    timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r "$rate" \
+    fg timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r "$rate" \
         --duration "$FIXED_SECS" --timeout 5000 "${UAC[@]}" --json >"$WORK/profile-uac.json" 2>/dev/null || true
     wait "$precord" 2>/dev/null || true
     stop
