@@ -70,6 +70,7 @@ mod lex;
 mod message;
 pub mod rewrite;
 mod scan;
+pub mod stream;
 mod uri;
 mod via;
 
@@ -79,6 +80,7 @@ pub use header::{HeaderKind, Method};
 pub use lex::Params;
 pub use message::{CSeq, Header, Headers, Message, StartLine, Values};
 pub use rewrite::{Edit, Rewrite};
+pub use stream::{frame, Frame};
 pub use uri::{Scheme, Uri};
 pub use via::{Rport, Transport, Via};
 
