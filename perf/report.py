@@ -121,6 +121,9 @@ def record(results, kind, args):
             p50=p50,
             p99=p99,
             drops=delta(o.get("drops")),
+            switches_per_call=None if delta(o.get("switches")) is None or not calls
+            else delta(o.get("switches")) / calls,
+            rss_mib=int(o.get("rss") or 0) / 1024,
         )
         th = o.get("threads")
         if isinstance(th, list) and len(th) == 2:
@@ -275,7 +278,9 @@ def table(results, append=None):
         "kamailio-1c = Kamailio (2 children, tlsf, -m 2048, dispatcher alg 10) under `taskset -c 0`, "
         "kamailio-2c = the same on both cores. Calls: INVITE (with SDP) → 100 (from the proxy) → 180 → 200 → "
         "ACK → BYE → 200, no hold. CPU is the proxy process's utime/stime from /proc/PID/stat "
-        "(all threads, all Kamailio processes) over a fixed-rate run, divided by the calls."
+        "(all threads, all Kamailio processes) over a fixed-rate run, divided by the calls; context switches "
+        "from /proc/PID/task/*/status the same way; RSS at the end of the run (Kamailio: the sum over its "
+        "processes, which counts the shared memory each one touched once per process)."
     )
     w("")
 
@@ -285,9 +290,9 @@ def table(results, append=None):
     w(
         "| target | offered calls/s | success % | user µs/call | system µs/call | total µs/call "
         "| p50 / p99 INVITE→200 ms | minus direct path (p50 / p99) | datagrams in+out per call "
-        "| UDP drops (whole machine) | CPU % per worker |"
+        "| context switches per call | RSS MiB | UDP drops (whole machine) | CPU % per worker |"
     )
-    w("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---|")
+    w("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|")
     for rate in rates:
         d50 = med(values(recs, "p50", kind="direct", rate=rate))
         d99 = med(values(recs, "p99", kind="direct", rate=rate))
@@ -295,7 +300,7 @@ def table(results, append=None):
             w(
                 f"| direct (no proxy) | {rate} | {spread(values(recs, 'success', kind='direct', rate=rate), '{:.2f}')} "
                 f"| | | | {spread(values(recs, 'p50', kind='direct', rate=rate), '{:.2f}')} / "
-                f"{spread(values(recs, 'p99', kind='direct', rate=rate), '{:.2f}')} | | | | |"
+                f"{spread(values(recs, 'p99', kind='direct', rate=rate), '{:.2f}')} | | | | | | |"
             )
         for t in targets:
             m = dict(kind="fixed", target=t, rate=rate)
@@ -312,6 +317,8 @@ def table(results, append=None):
                 f"| {spread(values(recs, 'total_us', **m))} "
                 f"| {spread(p50s, '{:.2f}')} / {spread(p99s, '{:.2f}')} | {minus} "
                 f"| {spread(dg, '{:.2f}') if dg else '—'} "
+                f"| {spread(values(recs, 'switches_per_call', **m), '{:.2f}')} "
+                f"| {spread(values(recs, 'rss_mib', **m), '{:.0f}')} "
                 f"| {spread(values(recs, 'drops', **m), '{:.0f}')} "
                 f"| {', '.join(values(recs, 'worker_split', **m)) or '—'} |"
             )

@@ -237,6 +237,24 @@ threads() { # PID: "name:utime+stime ..." of its worker threads (siplb-w*)
     echo "$out"
 }
 
+switches() { # PID: context switches so far (voluntary + not), all its threads and child processes
+    local p n=0 t
+    for p in "$1" $(pgrep -P "$1" || true); do
+        for t in /proc/"$p"/task/*/status; do
+            n=$((n + $(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "$t" 2>/dev/null || echo 0)))
+        done
+    done
+    echo $n
+}
+
+rss() { # PID: resident KiB, with child processes
+    local p n=0
+    for p in "$1" $(pgrep -P "$1" || true); do
+        n=$((n + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo $n
+}
+
 ticks() { # PID: "utime stime" in clock ticks, summed over PID and its children
     local p u=0 s=0 f
     for p in "$1" $(pgrep -P "$1" || true); do
@@ -374,15 +392,15 @@ start_target() { # NAME [CAPACITY]: siplb-1w, siplb-2w, kamailio-1c, kamailio-2c
 fixed_run() { # TARGET RATE REP
     local t=$1 rate=$2 rep=$3 f=$WORK/fixed-$1-$2-$3
     siplb_stats >"$f.stats0"
-    local before after d0 d1 th0 th1
-    before=$(ticks "$TARGET_PID") d0=$(drops) th0=$(threads "$TARGET_PID")
+    local before after d0 d1 th0 th1 cs0 cs1
+    before=$(ticks "$TARGET_PID") d0=$(drops) th0=$(threads "$TARGET_PID") cs0=$(switches "$TARGET_PID")
     fg timeout -k 3 $((FIXED_SECS + 45)) "$BIN/sipload" uac "$IP:$PROXY_PORT" -s $SERVICE -r "$rate" \
         --duration "$FIXED_SECS" --timeout 5000 "${UAC[@]}" --json >"$f.json" 2>"$f.err" || true
-    after=$(ticks "$TARGET_PID") d1=$(drops) th1=$(threads "$TARGET_PID")
+    after=$(ticks "$TARGET_PID") d1=$(drops) th1=$(threads "$TARGET_PID") cs1=$(switches "$TARGET_PID")
     siplb_stats >"$f.stats1"
     record fixed --target "$t" --rate "$rate" --rep "$rep" --uac "$f.json" --hz "$HZ" \
         --ticks "$before $after" --stats "$f.stats0" "$f.stats1" --drops "$d0 $d1" \
-        --threads "${th0:-none}" "${th1:-none}"
+        --threads "${th0:-none}" "${th1:-none}" --switches "$cs0 $cs1" --rss "$(rss "$TARGET_PID")"
 }
 
 ramp_run() { # TARGET REP
