@@ -252,10 +252,11 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         let result = if self.use_uring {
-            match self.setup_uring() {
-                Ok(ring) => self.run_uring(ring),
+            match self.setup_uring().and_then(|ring| self.run_uring(ring)) {
+                Ok(()) => Ok(()),
                 Err(e) => {
-                    tracing::warn!(worker = self.index, error = %e, "io_uring setup failed, using epoll");
+                    // The sockets and the proxy are intact: carry on with epoll.
+                    tracing::warn!(worker = self.index, error = %e, "io_uring failed, using epoll");
                     self.run_loop()
                 }
             }

@@ -73,6 +73,8 @@ pub struct Uring {
     ready: Vec<(u64, i32, u32)>,
     /// Buffers to lend again once the completions that use them are handled.
     to_return: Vec<u16>,
+    /// Multishot operations (receives, wake poll) the kernel still runs.
+    armed: usize,
 }
 
 impl Uring {
@@ -96,6 +98,7 @@ impl Uring {
             free_sends: Vec::new(),
             ready: Vec::new(),
             to_return: Vec::new(),
+            armed: 0,
         })
     }
 
@@ -128,14 +131,24 @@ impl Uring {
         // operations at all (EINVAL/EOPNOTSUPP on kernels without them);
         // anything else that completed is kept for `dispatch`.
         self.wait(Duration::from_millis(20))?;
+        let mut refused = None;
         for &(ud, res, flags) in &self.ready {
             let kind = ud >> KIND_SHIFT;
-            let refused = res < 0 && res != -libc::ENOBUFS && !cqueue::more(flags);
-            if refused && (kind == KIND_PROVIDE || kind == KIND_RECV || kind == KIND_WAKE) {
-                return Err(io::Error::from_raw_os_error(-res));
+            let terminal = !cqueue::more(flags);
+            if terminal && (kind == KIND_RECV || kind == KIND_WAKE) && res < 0 && res != -libc::ENOBUFS {
+                self.armed = self.armed.saturating_sub(1);
+                refused = Some(res);
+            } else if kind == KIND_PROVIDE && res < 0 {
+                refused = Some(res);
             }
         }
-        Ok(())
+        match refused {
+            Some(res) => {
+                self.ready.clear();
+                Err(io::Error::from_raw_os_error(-res))
+            }
+            None => Ok(()),
+        }
     }
 
     fn arm_recv(&mut self, i: usize) -> io::Result<()> {
@@ -143,6 +156,7 @@ impl Uring {
         let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr as *const libc::msghdr, GROUP)
             .build()
             .user_data(KIND_RECV << KIND_SHIFT | i as u64);
+        self.armed += 1;
         self.push(e)
     }
 
@@ -151,6 +165,7 @@ impl Uring {
             .multi(true)
             .build()
             .user_data(KIND_WAKE << KIND_SHIFT);
+        self.armed += 1;
         self.push(e)
     }
 
@@ -214,6 +229,15 @@ impl Uring {
             let idx = (ud & ((1 << KIND_SHIFT) - 1)) as usize;
             match kind {
                 KIND_RECV => {
+                    // A receive the kernel cannot do at all (no multishot
+                    // recvmsg, bad descriptor): give up on this path.
+                    if res < 0 && !matches!(-res, libc::ENOBUFS | libc::EINTR | libc::EAGAIN | libc::ECONNREFUSED) {
+                        if !cqueue::more(flags) {
+                            self.armed = self.armed.saturating_sub(1);
+                        }
+                        self.ready.clear();
+                        return Err(io::Error::from_raw_os_error(-res));
+                    }
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         if res >= 0 {
                             let start = usize::from(bid) * self.size;
@@ -233,6 +257,7 @@ impl Uring {
                         self.to_return.push(bid);
                     }
                     if !cqueue::more(flags) {
+                        self.armed = self.armed.saturating_sub(1);
                         self.arm_recv(idx)?;
                     }
                 }
@@ -248,6 +273,7 @@ impl Uring {
                 KIND_WAKE => {
                     on_event(Event::Wake);
                     if !cqueue::more(flags) {
+                        self.armed = self.armed.saturating_sub(1);
                         self.arm_wake()?;
                     }
                 }
@@ -271,6 +297,43 @@ impl Uring {
         self.to_return = returns;
         self.to_return.clear();
         Ok(send_errors)
+    }
+}
+
+impl Drop for Uring {
+    /// Cancels every operation and waits (bounded) until the kernel has
+    /// finished with them, so no buffer or header is freed while the kernel
+    /// may still write to it, and no stale receive keeps consuming
+    /// datagrams from sockets that outlive the ring (the epoll fallback
+    /// reuses them).
+    fn drop(&mut self) {
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
+            .build()
+            .user_data(KIND_PROVIDE << KIND_SHIFT);
+        // SAFETY: the cancel entry points at no memory.
+        if unsafe { self.ring.submission().push(&cancel) }.is_err() {
+            let _ = self.ring.submit();
+            // SAFETY: as above.
+            let _ = unsafe { self.ring.submission().push(&cancel) };
+        }
+        let mut pending_sends = self.sends.iter().filter(|s| s.is_some()).count();
+        for _ in 0..100 {
+            if self.armed == 0 && pending_sends == 0 {
+                break;
+            }
+            let ts = types::Timespec::from(Duration::from_millis(10));
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            for c in self.ring.completion() {
+                let kind = c.user_data() >> KIND_SHIFT;
+                let terminal = !cqueue::more(c.flags());
+                match kind {
+                    KIND_RECV | KIND_WAKE if terminal => self.armed = self.armed.saturating_sub(1),
+                    KIND_SEND => pending_sends = pending_sends.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
