@@ -774,3 +774,35 @@ fn ack_of_a_local_503_is_absorbed() {
     assert_eq!(w.stat("drop_stray_ack"), 0);
     assert!(w.stat("absorbed") >= 1);
 }
+
+#[test]
+fn cancel_after_the_200_changes_nothing() {
+    let mut w = world(&[(5081, "pstn=2", answer(), None)], "", 34, CLEAN);
+    let mut p = plan(0);
+    p.hold = Duration::from_secs(3);
+    w.uac.add_call(w.base, p);
+    w.run_checked(w.base + Duration::from_millis(800)).unwrap();
+    assert_eq!(w.stat("active_dialogs"), 1);
+    // The caller's CANCEL crosses the 200 and arrives after it.
+    let cancel = sim::Req {
+        method: "CANCEL",
+        ruri: &format!("sip:1001@{PUBLIC}"),
+        via: addr(UAC),
+        branch: "z9hG4bKuac1",
+        from: &format!("<sip:caller@{UAC}>;tag=f1"),
+        to: &format!("<sip:1001@{PUBLIC}>"),
+        call_id: "call-1@sim",
+        cseq: 1,
+        routes: &[],
+        contact: None,
+        max_forwards: Some(70),
+    }
+    .build();
+    w.send(addr(UAC), addr(PUBLIC), cancel);
+    w.run_checked(w.base + Duration::from_millis(1500)).unwrap();
+    assert_eq!(w.stat("active_dialogs"), 1, "the confirmed call stays up");
+    assert_eq!(w.table.total_load(), 1);
+    finish(&mut w);
+    assert_eq!(outcome(&w), sim::Outcome::Answered);
+    assert_eq!(w.stat("failed_dialogs"), 0);
+}
