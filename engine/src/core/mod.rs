@@ -933,7 +933,7 @@ impl Proxy {
         let timers = self.cfg.timers;
         if code < 200 {
             let (cancel, server, invite) = {
-                let t = self.txns.get_mut(k).expect("checked above");
+                let Some(t) = self.txns.get_mut(k) else { return };
                 let was = t.client == Client::Calling;
                 t.client = Client::Proceeding;
                 if t.invite {
@@ -953,7 +953,7 @@ impl Proxy {
                 self.send_cancel(now, k);
             }
             if code > 100 && server == Server::Proceeding {
-                let t = self.txns.get(k).expect("checked above");
+                let Some(t) = self.txns.get(k) else { return };
                 let (l, dst) = (t.local, t.src);
                 if let Some(out) = self.relay_response(l, dst, m) {
                     if invite {
@@ -967,14 +967,14 @@ impl Proxy {
             return;
         }
         // A final response for the current attempt.
-        let t = self.txns.get_mut(k).expect("checked above");
+        let Some(t) = self.txns.get_mut(k) else { return };
         t.client = Client::Done;
         t.a_next = None;
         t.deadline = None;
         if !t.invite {
             let (l, dst) = (t.local, t.src);
             let out = self.relay_response(l, dst, m);
-            let t = self.txns.get_mut(k).expect("checked above");
+            let Some(t) = self.txns.get_mut(k) else { return };
             t.last_response = out;
             t.server = Server::Completed;
             t.remove_at = Some(now + 64 * timers.t1);
@@ -983,12 +983,11 @@ impl Proxy {
         }
         if (200..300).contains(&code) {
             let (l, dst, dialog) = (t.local, t.src, t.dialog);
-            let out = self.relay_response(l, dst, m);
-            let t = self.txns.get_mut(k).expect("checked above");
+            let _ = self.relay_response(l, dst, m);
+            let Some(t) = self.txns.get_mut(k) else { return };
             // Nothing more is sent for this transaction: 2xx
             // retransmissions and the ACK pass statelessly, INVITE
             // retransmissions are absorbed. Free the copies.
-            let _ = out;
             t.last_response = None;
             t.request = Vec::new();
             t.out = Vec::new();

@@ -70,9 +70,8 @@ impl<T: Ord> TimerWheel<T> {
         (d.as_nanos().div_ceil(t)) as u64
     }
 
-    fn instant_of(&self, tick: u64) -> Instant {
-        let origin = self.origin.expect("observed before use");
-        origin + self.tick * u32::try_from(tick).unwrap_or(u32::MAX)
+    fn instant_of(&self, tick: u64) -> Option<Instant> {
+        Some(self.origin? + self.tick * u32::try_from(tick).unwrap_or(u32::MAX))
     }
 
     /// Adds an entry due at `at` (rounded up to a tick; never before the
@@ -103,7 +102,7 @@ impl<T: Ord> TimerWheel<T> {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(self.instant_of(tick))
+        self.instant_of(tick)
     }
 
     /// The first tick >= current whose slot has entries.
