@@ -457,6 +457,12 @@ def table(results, append=None):
                 ratio(fixed_med("siplb-1w", rate, "total_us"), floor_per_call[rate]),
                 1.3,
             )
+        if floor_pp:
+            fmt_check(
+                f"siplb-1w total CPU/call ÷ floor (`sipload floor`, saturated) at {rate}/s ≤ 1.3",
+                ratio(fixed_med("siplb-1w", rate, "total_us"), med(floor_pp) * dg / 2),
+                1.3,
+            )
         fmt_check(
             f"CPU/call siplb-2w ÷ siplb-1w at {rate}/s ≤ 1.10",
             ratio(fixed_med("siplb-2w", rate, "total_us"), fixed_med("siplb-1w", rate, "total_us")),
@@ -487,6 +493,15 @@ def table(results, append=None):
         if t.startswith("siplb") and xs:
             fmt_check(f"overload {t}: admitted calls that succeed ≥ 99.9 %", min(xs), 99.9, False, " %")
     w("")
+    for gen in ("sipload", "sipp"):
+        ceiling = med(values(recs, "best", kind="ramp", target="direct", gen=gen))
+        k = best_of("kamailio", gen)
+        if ceiling and k:
+            w(
+                f"With {gen} driving, the generators alone (no proxy, same cores) sustain {ceiling:.0f} calls/s: "
+                f"the largest siplb ÷ Kamailio ratio this machine can show with {gen} is {ceiling / k:.2f}x."
+            )
+            w("")
     text = "\n".join(out) + "\n"
     print(text)
     if append:
