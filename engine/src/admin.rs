@@ -9,6 +9,10 @@
 //!   `{"command": C}` its parameter-name lists;
 //! - `lb_list` / `load_balancer:list`: destinations with id, group, uri,
 //!   enabled, and resources with name, max and load (OpenSIPS shape);
+//! - `lb_status` / `load_balancer:status` (`destination_id[, new_status]`):
+//!   read (`{"enable": "yes"}`) or set (1 enable, 0 disable) a destination;
+//! - `lb_resize` / `load_balancer:resize` (`destination_id, res_name,
+//!   new_capacity`): change a capacity at run time;
 //! - `get_statistics` (`statistics` as a list of names, `group:` prefixes
 //!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`.
 //!
@@ -34,7 +38,16 @@ pub struct View {
     pub stats: Vec<Arc<Stats>>,
 }
 
-const COMMANDS: &[&str] = &["which", "lb_list", "load_balancer:list", "get_statistics"];
+const COMMANDS: &[&str] = &[
+    "which",
+    "lb_list",
+    "load_balancer:list",
+    "lb_status",
+    "load_balancer:status",
+    "lb_resize",
+    "load_balancer:resize",
+    "get_statistics",
+];
 
 /// Starts the admin server on `addr`; it exits when `stop` is set.
 pub fn start(addr: SocketAddr, view: View, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
@@ -92,11 +105,53 @@ pub fn handle(body: &str, view: &View) -> Value {
     let result = match method {
         "which" => match params.get("command").and_then(Value::as_str) {
             Some("get_statistics") => json!([["statistics"]]),
+            Some("lb_status") | Some("load_balancer:status") => {
+                json!([["destination_id"], ["destination_id", "new_status"]])
+            }
+            Some("lb_resize") | Some("load_balancer:resize") => {
+                json!([["destination_id", "res_name", "new_capacity"]])
+            }
             Some(c) if COMMANDS.contains(&c) => json!([[]]),
             Some(_) => return error(id, -32601, "Method not found"),
             None => json!(COMMANDS),
         },
         "lb_list" | "load_balancer:list" => lb_list(view),
+        "lb_status" | "load_balancer:status" => {
+            let Some(d) = param(&params, 0, "destination_id").and_then(|v| destination(view, &v)) else {
+                return error(id, 404, "Destination ID not found");
+            };
+            match param(&params, 1, "new_status") {
+                None => json!({"enable": if d.enabled() { "yes" } else { "no" }}),
+                Some(v) => match v.as_str() {
+                    "0" => {
+                        d.set_enabled(false);
+                        json!("OK")
+                    }
+                    "1" => {
+                        d.set_enabled(true);
+                        json!("OK")
+                    }
+                    _ => return error(id, -32602, "Invalid params"),
+                },
+            }
+        }
+        "lb_resize" | "load_balancer:resize" => {
+            let Some(d) = param(&params, 0, "destination_id").and_then(|v| destination(view, &v)) else {
+                return error(id, 404, "Destination ID not found");
+            };
+            let (Some(name), Some(cap)) = (
+                param(&params, 1, "res_name"),
+                param(&params, 2, "new_capacity").and_then(|v| v.parse::<u32>().ok()),
+            ) else {
+                return error(id, -32602, "Invalid params");
+            };
+            let rid = view.table.resource_names().iter().position(|n| *n == name);
+            let index = view.table.destinations().iter().position(|x| std::ptr::eq(x, d));
+            match (rid, index) {
+                (Some(rid), Some(i)) if view.table.resize(i as u16, rid, cap) => json!("OK"),
+                _ => return error(id, 404, "Destination has no such resource"),
+            }
+        }
         "get_statistics" => {
             let wanted: Vec<String> = match &params {
                 Value::Array(a) => a.iter().flat_map(names).collect(),
@@ -111,6 +166,26 @@ pub fn handle(body: &str, view: &View) -> Value {
         _ => return error(id, -32601, "Method not found"),
     };
     json!({"jsonrpc": "2.0", "result": result, "id": id})
+}
+
+/// Parameter `name` (object form) or number `pos` (array form), as text:
+/// opensips-cli sends every argument as a string.
+fn param(params: &Value, pos: usize, name: &str) -> Option<String> {
+    let v = match params {
+        Value::Object(o) => o.get(name)?,
+        Value::Array(a) => a.get(pos)?,
+        _ => return None,
+    };
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn destination<'v>(view: &'v View, id: &str) -> Option<&'v crate::lb::DestState> {
+    let id: u32 = id.trim().parse().ok()?;
+    view.table.destinations().iter().find(|d| d.config.id == id)
 }
 
 fn names(v: &Value) -> Vec<String> {
@@ -259,6 +334,38 @@ mod tests {
             &v,
         );
         assert_eq!(r["result"]["siplb:rx_requests"], 0);
+    }
+
+    #[test]
+    fn status_and_resize() {
+        let v = view();
+        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_status","params":["2"],"id":"1"}"#, &v);
+        assert_eq!(r["result"]["enable"], "yes");
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"lb_status","params":["2","0"],"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        assert!(!v.table.destinations()[1].enabled());
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"load_balancer:status","params":{"destination_id":"2","new_status":"1"},"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        assert!(v.table.destinations()[1].enabled());
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"lb_resize","params":{"destination_id":"1","res_name":"vm","new_capacity":"7"},"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        assert_eq!(v.table.destinations()[0].counter(1).unwrap().capacity(), 7);
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"lb_resize","params":["1","gold","7"],"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["error"]["code"], 404);
+        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_status","params":["99"],"id":"1"}"#, &v);
+        assert_eq!(r["error"]["code"], 404);
     }
 
     #[test]
