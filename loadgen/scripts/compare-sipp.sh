@@ -32,13 +32,13 @@ sipp_pair() { # rate -> "success% cps cpu_us_per_call"
     local rate=$1 calls=$(( $1 * SECS )) d="$TMP/sipp.$1.$RANDOM"
     mkdir -p "$d"
     local p1=$(( 20000 + RANDOM % 20000 )); local p2=$(( p1 + 1 ))
-    ( cd "$d" && /usr/bin/time -f "%U %S" -o "$d/uas.time" sipp -sn uas -i 127.0.0.1 -p $p1 \
-        -m $calls -timeout $(( SECS + 40 ))s -nostdin -buff_size 4194304 >/dev/null 2>&1 ) &
+    ( cd "$d" && /usr/bin/time -f "%U %S" -o "$d/uas.time" timeout -k 3 $(( SECS + 30 )) sipp -sn uas -i 127.0.0.1 -p $p1 \
+        -m $calls -timeout $(( SECS + 20 ))s -nostdin -buff_size 4194304 >/dev/null 2>&1 ) &
     local upid=$!
     sleep 0.5
     local t0=$(date +%s.%N)
-    ( cd "$d" && /usr/bin/time -f "%U %S" -o "$d/uac.time" sipp -sn uac 127.0.0.1:$p1 -i 127.0.0.1 -p $p2 \
-        -r $rate -m $calls -timeout $(( SECS + 40 ))s -nostdin -buff_size 4194304 -trace_screen >/dev/null 2>&1 )
+    ( cd "$d" && /usr/bin/time -f "%U %S" -o "$d/uac.time" timeout -k 3 $(( SECS + 30 )) sipp -sn uac 127.0.0.1:$p1 -i 127.0.0.1 -p $p2 \
+        -r $rate -m $calls -timeout $(( SECS + 20 ))s -nostdin -buff_size 4194304 -trace_screen >/dev/null 2>&1 )
     local t1=$(date +%s.%N)
     wait $upid
     local screen; screen=$(ls "$d"/*screen.log 2>/dev/null | head -1)
@@ -52,6 +52,7 @@ print(f'{100*ok/calls:.3f} {calls/($t1-$t0):.0f} {cpu*1e6/calls:.1f}')"
 
 sipload_pair() { # rate -> "success% cps cpu_us_per_call"
     local rate=$1 calls=$(( $1 * SECS ))
+    rm -f "$TMP/uas.err" "$TMP/uas.json" "$TMP/uac.json"
     "$SIPLOAD" uas -p 0 -i 127.0.0.1 --threads 1 $UAS_PIN -m $calls --duration $(( SECS + 60 )) --json $UAS_EXTRA \
         >"$TMP/uas.json" 2>"$TMP/uas.err" &
     local upid=$!
