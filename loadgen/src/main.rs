@@ -209,6 +209,9 @@ struct RampArgs {
     /// ...and p99 INVITE→200 at most this many ms.
     #[arg(long, default_value_t = 200.0)]
     max_p99_ms: f64,
+    /// Pause between steps in ms, so that an overloaded target drains.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pause: u64,
     #[command(flatten)]
     call: CallArgs,
     #[command(flatten)]
@@ -443,7 +446,7 @@ fn ramp(a: RampArgs) -> Result<i32> {
         }
         steps.push(step);
         // Let the target drain retransmissions of an overloaded step.
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(a.pause));
         Ok(pass)
     };
     if !a.common.json {
