@@ -253,8 +253,19 @@ fn resolve(target: &str) -> Result<SocketAddr> {
         .with_context(|| format!("no address for {target}"))
 }
 
+/// A duration option in ms, capped at ten days so that adding it to a
+/// clock reading cannot overflow.
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v.min(10 * 86_400_000))
+}
+
+/// A duration option in seconds, clamped to `lo..=hi` (NaN → `lo`).
+fn secs(v: f64, lo: f64, hi: f64) -> Duration {
+    Duration::from_secs_f64(if v.is_nan() { lo } else { v.clamp(lo, hi) })
+}
+
 fn timers(t1_ms: u64) -> Timers {
-    let t1 = Duration::from_millis(t1_ms.max(1));
+    let t1 = Duration::from_millis(t1_ms.clamp(1, 60_000));
     Timers { t1, t2: t1 * 8 }
 }
 
@@ -265,11 +276,11 @@ fn uac_run(target: SocketAddr, rate: f64, call: &CallArgs, common: &Common) -> R
     let local_ip = call.local_ip.unwrap_or_else(|| runtime::local_ip_for(target));
     let mut config = UacConfig::new(target, SocketAddr::new(local_ip, 0));
     config.service = call.service.clone();
-    config.hold = Duration::from_millis(call.hold_ms);
+    config.hold = ms(call.hold_ms);
     config.sdp = call.sdp;
-    config.answer_timeout = Duration::from_millis(call.timeout_ms);
+    config.answer_timeout = ms(call.timeout_ms);
     config.cancel_ratio = call.cancel_ratio.clamp(0.0, 1.0);
-    config.cancel_after = Duration::from_millis(call.cancel_after);
+    config.cancel_after = ms(call.cancel_after);
     config.timers = timers(common.t1);
     Ok(UacRun {
         config,
@@ -286,8 +297,8 @@ fn run_options(common: &Common, calls: Option<u64>, duration: Option<f64>) -> Ru
         pin: !common.no_pin,
         cpus: common.cpus.clone(),
         trace_msg: common.trace_msg.clone(),
-        period: Duration::from_secs_f64(common.period.max(0.05)),
-        duration: duration.map(|d| Duration::from_secs_f64(d.max(0.0))),
+        period: secs(common.period, 0.05, 3600.0),
+        duration: duration.map(|d| secs(d, 0.0, 864_000.0)),
         calls,
     }
 }
@@ -374,11 +385,11 @@ fn uas(a: UasArgs) -> Result<i32> {
     let _ = std::io::stderr().flush();
     let mut config = UasConfig::new(bound);
     config.answer_code = a.answer_code;
-    config.ring_delay = Duration::from_millis(a.ring_delay);
+    config.ring_delay = ms(a.ring_delay);
     config.failure_ratio = a.fail_ratio.clamp(0.0, 1.0);
     config.failure_code = a.fail_code;
     config.no_answer = a.no_answer;
-    config.bye_after = a.bye_after.map(Duration::from_millis);
+    config.bye_after = a.bye_after.map(ms);
     config.trying = !a.no_trying;
     config.ringing = !a.no_ringing;
     config.sdp = a.sdp;
@@ -403,6 +414,9 @@ struct Step {
 
 fn ramp(a: RampArgs) -> Result<i32> {
     let target = resolve(&a.target)?;
+    if !(a.step.is_finite() && a.step > 0.0 && a.start.is_finite() && a.start > 0.0) {
+        bail!("--start and --step must be positive");
+    }
     let mut steps: Vec<Step> = Vec::new();
     let mut run_step = |rate: f64| -> Result<bool> {
         let run = uac_run(target, rate, &a.call, &a.common)?;
@@ -446,7 +460,7 @@ fn ramp(a: RampArgs) -> Result<i32> {
         }
         steps.push(step);
         // Let the target drain retransmissions of an overloaded step.
-        std::thread::sleep(Duration::from_millis(a.pause));
+        std::thread::sleep(ms(a.pause));
         Ok(pass)
     };
     if !a.common.json {
@@ -506,12 +520,7 @@ fn ramp(a: RampArgs) -> Result<i32> {
 }
 
 fn floor(a: FloorArgs) -> Result<i32> {
-    let f = sipload::floor::measure(
-        Duration::from_secs_f64(a.seconds.max(0.1)),
-        a.size,
-        a.window.max(1),
-        !a.no_pin,
-    )?;
+    let f = sipload::floor::measure(secs(a.seconds, 0.1, 3600.0), a.size, a.window.max(1), !a.no_pin)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&f)?);
     } else {
