@@ -361,3 +361,86 @@ fn malformed_input_is_counted_not_fatal() {
     assert_eq!(net.uac.stats().malformed, 5);
     assert_eq!(net.uas.stats().malformed, 5);
 }
+
+/// xorshift64*: a seeded, dependency-free generator for loss patterns.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[test]
+fn random_loss_never_loses_a_call() {
+    for seed in 1..=12u64 {
+        let (mut c, mut s) = configs();
+        c.cancel_ratio = 0.2;
+        c.cancel_after = Duration::from_millis(50);
+        s.ring_delay = Duration::from_millis(200);
+        if seed % 3 == 0 {
+            s.bye_after = Some(Duration::from_millis(50));
+            c.hold = Duration::from_secs(5);
+        }
+        let mut net = Net::new(c, s, seed % 2 == 0);
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        // Lose 10 % of all datagrams, in every direction.
+        net.filter = Box::new(move |_, _| rng.next() % 10 != 0);
+        net.start(100, Duration::from_millis(3));
+        net.run_for(Duration::from_secs(120));
+        let st = net.uac.stats();
+        let (started, ok, failed) = (st.calls_started, st.calls_succeeded, st.calls_failed);
+        assert_eq!(started, 100, "seed {seed}");
+        assert_eq!((ok, failed), (100, 0), "seed {seed}: {:?}", st.failures_by_reason());
+        assert!(st.calls_cancelled <= 20, "seed {seed}");
+        assert!(st.retransmissions > 0, "seed {seed}");
+        assert_eq!(net.uac.active_calls(), 0, "seed {seed}");
+        let us = net.uas.stats();
+        assert_eq!(
+            (us.calls_started, us.calls_succeeded),
+            (100, 100),
+            "seed {seed}: {:?}",
+            us.failures_by_reason()
+        );
+        assert_eq!(net.uas.active_calls(), 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn heavy_loss_keeps_the_books_balanced() {
+    for seed in 1..=12u64 {
+        let (mut c, mut s) = configs();
+        c.cancel_ratio = 0.2;
+        c.cancel_after = Duration::from_millis(50);
+        c.answer_timeout = Duration::from_secs(10);
+        s.ring_delay = Duration::from_millis(200);
+        let mut net = Net::new(c, s, seed % 2 == 0);
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        // Lose a quarter of all datagrams: some calls fail, by Timer B, F
+        // or the answer timeout, and each is counted exactly once.
+        net.filter = Box::new(move |_, _| rng.next() % 4 != 0);
+        net.start(100, Duration::from_millis(3));
+        net.run_for(Duration::from_secs(200));
+        let st = net.uac.stats();
+        assert_eq!(st.calls_succeeded + st.calls_failed, 100, "seed {seed}");
+        for reason in st.failures_by_reason().keys() {
+            assert!(
+                [
+                    "retransmission_limit",
+                    "bye_retransmission_limit",
+                    "cancel_timeout",
+                    "timeout"
+                ]
+                .contains(&reason.as_str()),
+                "seed {seed}: {reason}"
+            );
+        }
+        assert_eq!(net.uac.active_calls(), 0, "seed {seed}");
+        assert_eq!(net.uac.pending_outcomes(), 0, "seed {seed}");
+        let us = net.uas.stats();
+        assert!(us.calls_started <= 100, "seed {seed}");
+    }
+}
