@@ -105,6 +105,12 @@ pub struct ServerFile {
     /// Socket receive/send buffer size in bytes.
     #[serde(default = "default_socket_buffer")]
     pub socket_buffer: usize,
+    /// Which worker owns a new call: `"socket"` (the one whose
+    /// SO_REUSEPORT socket received it) or `"call-id"` (a hash of the
+    /// Call-ID, which spreads the calls of a single source over all workers
+    /// at the price of passing most of its requests between workers).
+    #[serde(default = "default_ownership")]
+    pub ownership: Spanned<String>,
 }
 
 impl Default for ServerFile {
@@ -351,6 +357,9 @@ fn default_io() -> Spanned<String> {
 fn default_log() -> String {
     "info".into()
 }
+fn default_ownership() -> Spanned<String> {
+    Spanned::new(0..0, "socket".into())
+}
 fn default_socket_buffer() -> usize {
     4 << 20
 }
@@ -424,6 +433,8 @@ pub struct Config {
     pub log_level: String,
     /// Socket buffer size.
     pub socket_buffer: usize,
+    /// Spread new calls over workers by Call-ID hash instead of by socket.
+    pub spread_by_call_id: bool,
     /// Admin API address, if enabled.
     pub admin: Option<SocketAddr>,
     /// Timers.
@@ -837,6 +848,16 @@ impl Validator<'_> {
                 ))
             }
         };
+        let spread_by_call_id = match s.ownership.get_ref().as_str() {
+            "socket" => false,
+            "call-id" => true,
+            other => {
+                return Err(self.err(
+                    s.ownership.span(),
+                    format!("ownership: {other:?} is not \"socket\" or \"call-id\""),
+                ))
+            }
+        };
         let workers = if s.workers == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
@@ -1141,6 +1162,7 @@ impl Validator<'_> {
             io,
             log_level: s.log_level.clone(),
             socket_buffer: s.socket_buffer,
+            spread_by_call_id,
             admin,
             timers,
             failover,

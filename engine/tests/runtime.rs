@@ -71,19 +71,27 @@ fn respond(req: &str, code: u16, tag: &str, contact: SocketAddr) -> String {
 
 #[test]
 fn callee_byes_reach_the_owner_worker_epoll() {
-    callee_byes_reach_the_owner_worker("epoll", 21600);
+    callee_byes_reach_the_owner_worker("epoll", 21600, "socket");
 }
 
 #[test]
 fn callee_byes_reach_the_owner_worker_io_uring() {
-    callee_byes_reach_the_owner_worker("io_uring", 21620);
+    callee_byes_reach_the_owner_worker("io_uring", 21620, "socket");
 }
 
-fn callee_byes_reach_the_owner_worker(io: &str, base: u16) {
+#[test]
+fn calls_of_one_source_spread_by_call_id() {
+    // One caller socket: with ownership = "call-id" its INVITEs are
+    // handed to the worker their Call-ID hashes to, and everything about
+    // each call still meets there.
+    callee_byes_reach_the_owner_worker("epoll", 21640, "call-id");
+}
+
+fn callee_byes_reach_the_owner_worker(io: &str, base: u16, ownership: &str) {
     let backend = UdpSocket::bind(("127.0.0.1", base + 11)).unwrap();
     backend.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let cfg = format!(
-        "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\ninternal_port_base = {}\nio = \"{io}\"\n\
+        "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\ninternal_port_base = {}\nio = \"{io}\"\nownership = \"{ownership}\"\n\
          [admin]\nenabled = false\n\
          [[destinations]]\nid = 1\ngroup = 1\nuri = \"sip:127.0.0.1:{}\"\nresources = \"pstn=100\"\n\
          [[rules]]\nmethod = \"INVITE\"\nload_balance = {{ group = 1, resources = \"pstn\" }}\n",
@@ -140,6 +148,14 @@ fn callee_byes_reach_the_owner_worker(io: &str, base: u16) {
     assert_eq!(stat("processed_dialogs"), calls);
     assert_eq!(stat("active_dialogs"), 0);
     assert!(stat("handoffs") > 0, "no BYE was handed over in {calls} tries");
+    if ownership == "call-id" {
+        let per_worker: Vec<u64> = rt
+            .stats
+            .iter()
+            .map(|s| s.processed_dialogs.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        assert!(per_worker.iter().all(|&n| n > 0), "calls not spread: {per_worker:?}");
+    }
     assert_eq!(rt.table.total_load(), 0);
     rt.stop();
 }

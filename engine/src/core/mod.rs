@@ -365,9 +365,21 @@ impl Proxy {
     /// The worker that owns a message, when siplb's own marks say so.
     fn owner(&self, msg: &Message<'_>) -> Option<u16> {
         if msg.is_request() {
-            let first = msg.route_values().next()?;
-            let d = msg::route_dialog(first)?;
-            (d.epoch == self.epoch).then_some(d.worker)
+            let ours = msg
+                .route_values()
+                .next()
+                .and_then(msg::route_dialog)
+                .filter(|d| d.epoch == self.epoch);
+            match ours {
+                Some(d) => Some(d.worker),
+                // Everything about a call that carries no mark of ours
+                // (INVITE, its retransmissions, CANCEL, the ACK of a
+                // failure) goes to the same worker.
+                None if self.cfg.spread_by_call_id && self.cfg.workers > 1 => {
+                    Some((msg::hash(&[msg.call_id()]) % self.cfg.workers as u64) as u16)
+                }
+                None => None,
+            }
         } else {
             let b = BranchId::decode(msg.top_via().branch?)?;
             (b.epoch == self.epoch).then_some(b.worker)
