@@ -174,6 +174,10 @@ struct UasArgs {
     /// Answer with SDP (`--sdp false` for none).
     #[arg(long, default_value_t = true, action = ArgAction::Set)]
     sdp: bool,
+    /// Forget an answered call that got no BYE after this many seconds
+    /// (failure `bye_timeout`).
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    max_dialog: f64,
     /// Exit after this many calls ended.
     #[arg(short = 'm', long = "calls")]
     calls: Option<u64>,
@@ -394,6 +398,7 @@ fn uas(a: UasArgs) -> Result<i32> {
     config.ringing = !a.no_ringing;
     config.sdp = a.sdp;
     config.timers = timers(a.common.t1);
+    config.max_dialog = secs(a.max_dialog, 1.0, 864_000.0);
     let mut obs = Observer::new(&a.common, 0.0, true)?;
     let r = runtime::run_uas(socks, &config, &opts, &mut |s, t| obs.observe(s, t)).context("uas")?;
     obs.finish()?;

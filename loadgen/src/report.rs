@@ -188,7 +188,10 @@ fn failure_columns(s: &Stats) -> (u64, u64, u64) {
         match r {
             FailureReason::RetransmissionLimit | FailureReason::ByeRetransmissionLimit => retrans += n,
             FailureReason::UnexpectedCode(_) | FailureReason::ByeUnexpectedCode(_) => unexpected += n,
-            FailureReason::Timeout | FailureReason::AckTimeout | FailureReason::CancelTimeout => timeout += n,
+            FailureReason::Timeout
+            | FailureReason::AckTimeout
+            | FailureReason::CancelTimeout
+            | FailureReason::ByeTimeout => timeout += n,
         }
     }
     (retrans, unexpected, timeout)

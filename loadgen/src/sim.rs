@@ -444,3 +444,16 @@ fn heavy_loss_keeps_the_books_balanced() {
         assert!(us.calls_started <= 100, "seed {seed}");
     }
 }
+
+#[test]
+fn uas_forgets_a_call_whose_bye_never_arrives() {
+    let (c, mut s) = configs();
+    s.max_dialog = Duration::from_secs(60);
+    let mut net = Net::new(c, s, false);
+    net.filter = Box::new(|_, b| !b.starts_with(b"BYE "));
+    net.start(3, Duration::from_millis(1));
+    net.run_for(Duration::from_secs(70));
+    assert_eq!(net.uac.stats().failures_by_reason()["bye_retransmission_limit"], 3);
+    assert_eq!(net.uas.stats().failures_by_reason()["bye_timeout"], 3);
+    assert_eq!(net.uac.active_calls() + net.uas.active_calls(), 0);
+}

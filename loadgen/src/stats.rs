@@ -29,6 +29,8 @@ pub enum FailureReason {
     AckTimeout,
     /// CANCEL retransmitted until Timer F, or no final response after it.
     CancelTimeout,
+    /// UAS: a confirmed call got no BYE within the longest dialog time.
+    ByeTimeout,
 }
 
 impl fmt::Display for FailureReason {
@@ -41,6 +43,7 @@ impl fmt::Display for FailureReason {
             FailureReason::ByeUnexpectedCode(c) => write!(f, "bye_unexpected_code_{c}"),
             FailureReason::AckTimeout => f.write_str("ack_timeout"),
             FailureReason::CancelTimeout => f.write_str("cancel_timeout"),
+            FailureReason::ByeTimeout => f.write_str("bye_timeout"),
         }
     }
 }

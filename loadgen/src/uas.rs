@@ -17,6 +17,7 @@
 //! Confirmed --bye-after--> Terminating (our BYE) --2xx--> done (success)
 //! Answered/Rejected --Timer H--> done (failure: ack_timeout)
 //! Terminating --Timer F--> done (failure: bye_retransmission_limit)
+//! Confirmed --no BYE within max_dialog (1 h)--> done (failure: bye_timeout)
 //! ```
 //!
 //! A final response is retransmitted at T1 doubling up to T2 until the ACK
@@ -69,6 +70,9 @@ pub struct UasConfig {
     pub sdp: bool,
     /// Retransmission timers.
     pub timers: Timers,
+    /// Forget a confirmed call that got no BYE after this long (failure
+    /// `bye_timeout`), so that a lost BYE cannot keep state forever.
+    pub max_dialog: Duration,
     /// Distinguishes this engine's tags from other engines' and runs.
     pub instance: u64,
 }
@@ -88,6 +92,7 @@ impl UasConfig {
             ringing: true,
             sdp: true,
             timers: Timers::default(),
+            max_dialog: Duration::from_secs(3600),
             instance: 1,
         }
     }
@@ -420,6 +425,7 @@ impl Uas {
 
     fn on_ack(&mut self, now: Instant, slot: u32, gen: u32) {
         let bye_after = self.config.bye_after;
+        let max_dialog = self.config.max_dialog;
         let Some(call) = self.calls.get_mut(slot, gen) else {
             return;
         };
@@ -427,7 +433,7 @@ impl Uas {
             State::Answered => {
                 call.state = State::Confirmed;
                 call.retransmit_at = None;
-                call.give_up_at = None;
+                call.give_up_at = Some(now + max_dialog);
                 if !call.bye.is_empty() {
                     call.bye_at = bye_after.map(|d| now + d);
                 }
@@ -525,6 +531,7 @@ impl Uas {
                     self.calls.remove(slot, gen);
                 }
                 State::Terminating => self.finish(slot, gen, Err(FailureReason::ByeRetransmissionLimit)),
+                State::Confirmed => self.finish(slot, gen, Err(FailureReason::ByeTimeout)),
                 _ => self.finish(slot, gen, Err(FailureReason::AckTimeout)),
             }
             return;
