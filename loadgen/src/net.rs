@@ -1,9 +1,11 @@
 //! Batched UDP I/O: `recvmmsg`/`sendmmsg` over one socket, and `ppoll`
 //! waits with nanosecond timeouts.
 //!
-//! This is the only module with `unsafe`: each block is a libc call whose
-//! pointer arguments point into buffers owned by [`Socket`] (or by the
-//! caller's [`Outbox`]) that outlive the call.
+//! Apart from the signal handler installed by [`crate::runtime`], this is
+//! the only module with `unsafe`: each block is a libc call whose pointer
+//! arguments point into buffers owned by [`Socket`] (or by the caller's
+//! [`Outbox`]) that outlive the call. The sans-IO modules are
+//! `#![forbid(unsafe_code)]`.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
