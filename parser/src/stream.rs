@@ -91,7 +91,10 @@ To: <sip:x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 2\r\n\r\nok";
         buf.extend_from_slice(MSG);
         buf.extend_from_slice(b"\r\n\r\n\r\n");
         buf.extend_from_slice(&MSG[..20]);
-        assert_eq!(kinds(&buf), ["ping", "message", "pong", "message", "ping", "pong", "partial"]);
+        assert_eq!(
+            kinds(&buf),
+            ["ping", "message", "pong", "message", "ping", "pong", "partial"]
+        );
     }
 
     #[test]
