@@ -582,8 +582,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Writes our Contact URI into `out`: the bound address when specific
-/// (`local`), else the host and port the request was addressed to (the
-/// Request-URI), which is how the caller or the proxy reached us.
+/// (`local`); bound to the unspecified address, the host the request was
+/// addressed to (the Request-URI's: the address the caller or the proxy
+/// used to reach this machine) with *our* port — never the Request-URI's
+/// port, which through a proxy is the proxy's own, and would send the ACK
+/// and BYE back to the proxy as their next hop.
 fn contact_for(local: Option<&[u8]>, fallback: SocketAddr, msg: &Message<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(b"sip:sipload@");
@@ -591,13 +594,15 @@ fn contact_for(local: Option<&[u8]>, fallback: SocketAddr, msg: &Message<'_>, ou
         out.extend_from_slice(l);
         return;
     }
-    match msg.request_uri().and_then(|u| Uri::parse(u).ok()) {
+    match msg
+        .request_uri()
+        .and_then(|u| Uri::parse(u).ok())
+        .filter(|u| !u.host.is_empty())
+    {
         Some(u) => {
             out.extend_from_slice(u.host);
-            if let Some(p) = u.port {
-                out.push(b':');
-                sip::put_num(out, u64::from(p));
-            }
+            out.push(b':');
+            sip::put_num(out, u64::from(fallback.port()));
         }
         None => sip::put_addr(out, fallback),
     }
@@ -642,4 +647,25 @@ fn build_bye(
     out.extend_from_slice(b"\r\nCSeq: 1 BYE\r\nUser-Agent: sipload\r\n");
     sip::put_body(out, None, b"");
     first.or_else(|| sip::uri_addr(target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_keeps_our_port_behind_a_proxy_when_bound_to_any() {
+        // Found driving sipload through siplb with `sipload uas -p 25081`
+        // (bound to 0.0.0.0): the Contact named the proxy's port, so the
+        // caller's ACK and BYE came back to the proxy as their target.
+        let invite = b"INVITE sip:1234@127.0.0.1:25060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:25070;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:1234@h>\r\n\
+Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let m = siplb_parser::scan_datagram(invite).unwrap();
+        let mut out = Vec::new();
+        contact_for(None, "0.0.0.0:25081".parse().unwrap(), &m, &mut out);
+        assert_eq!(out, b"sip:sipload@127.0.0.1:25081");
+        contact_for(Some(b"10.0.0.9:5090"), "10.0.0.9:5090".parse().unwrap(), &m, &mut out);
+        assert_eq!(out, b"sip:sipload@10.0.0.9:5090");
+    }
 }
