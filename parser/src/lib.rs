@@ -81,7 +81,7 @@ pub use lex::Params;
 pub use message::{CSeq, Header, Headers, Message, StartLine, Values};
 pub use rewrite::{Edit, Rewrite};
 pub use stream::{frame, Frame};
-pub use uri::{Scheme, Uri};
+pub use uri::{host_ip, Scheme, Uri};
 pub use via::{Rport, Transport, Via};
 
 /// Capacity of the per-message header index. [`Limits::max_headers`] can

@@ -400,18 +400,37 @@ pub struct Headers<'a, 'm> {
     entries: core::slice::Iter<'m, HeaderEntry>,
 }
 
+impl<'a> Headers<'a, '_> {
+    fn header(&self, e: &HeaderEntry) -> Header<'a> {
+        Header {
+            kind: e.kind,
+            name: &self.buf[e.name.range()],
+            value: &self.buf[e.value.range()],
+        }
+    }
+}
+
 impl<'a> Iterator for Headers<'a, '_> {
     type Item = Header<'a>;
 
     fn next(&mut self) -> Option<Header<'a>> {
         let e = self.entries.next()?;
-        Some(Header {
-            kind: e.kind,
-            name: &self.buf[e.name.range()],
-            value: &self.buf[e.value.range()],
-        })
+        Some(self.header(e))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.entries.size_hint()
     }
 }
+
+impl DoubleEndedIterator for Headers<'_, '_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let e = self.entries.next_back()?;
+        Some(self.header(e))
+    }
+}
+
+impl ExactSizeIterator for Headers<'_, '_> {}
 
 /// Iterator over the raw values of a multi-value header.
 pub struct Values<'a, 'm> {
@@ -435,4 +454,19 @@ impl<'a> Iterator for Values<'a, '_> {
         let v = self.items.next()?;
         Some(&self.buf[v.span.range()])
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.items.size_hint()
+    }
 }
+
+/// Backwards iteration reverses a route set (RFC 3261 §12.1.2: the UAC
+/// takes the Record-Route values of a response in reverse order).
+impl<'a> DoubleEndedIterator for Values<'a, '_> {
+    fn next_back(&mut self) -> Option<&'a [u8]> {
+        let v = self.items.next_back()?;
+        Some(&self.buf[v.span.range()])
+    }
+}
+
+impl ExactSizeIterator for Values<'_, '_> {}

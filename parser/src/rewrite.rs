@@ -18,7 +18,7 @@
 //! Values passed in edits are written verbatim: the caller is responsible for
 //! their syntax.
 
-use crate::message::{Message, ValueRef};
+use crate::message::{Message, StartLine, ValueRef};
 use core::fmt;
 use std::io::IoSlice;
 
@@ -51,6 +51,12 @@ pub enum Edit<'e> {
         received: &'e [u8],
         rport: Option<&'e [u8]>,
     },
+    /// Replace the Request-URI of a request (a response has none:
+    /// [`RewriteError::Missing`]).
+    SetRequestUri(&'e [u8]),
+    /// Add a header line (`Name: value`, without the line break) after the
+    /// Via lines.
+    InsertHeader(&'e [u8]),
 }
 
 /// Why a rewrite could not be produced.
@@ -220,6 +226,14 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
                 }
                 None => add(after_vias, after_vias, [b"Max-Forwards: ", decimal(n), b"\r\n", E])?,
             },
+            Edit::SetRequestUri(uri) => {
+                let StartLine::Request { uri: old, .. } = msg.start_line else {
+                    return Err(RewriteError::Missing);
+                };
+                let s = offset_in(buf, old);
+                add(s, s + old.len(), [uri, E, E, E])?;
+            }
+            Edit::InsertHeader(line) => add(after_vias, after_vias, [line, b"\r\n", E, E])?,
             Edit::TopViaReceived { received, rport } => {
                 let top = msg.vias.as_slice().first().ok_or(RewriteError::Missing)?;
                 let via = msg.top_via;

@@ -134,9 +134,24 @@ impl<'a> Uri<'a> {
         self.param(b"transport").flatten()
     }
 
+    /// The host as an IP address, when it is one (IPv4, or IPv6 in
+    /// brackets); `None` for a host name.
+    pub fn host_ip(&self) -> Option<std::net::IpAddr> {
+        host_ip(self.host)
+    }
+
     /// The `maddr` parameter, if any.
     pub fn maddr(&self) -> Option<&'a [u8]> {
         self.param(b"maddr").flatten()
+    }
+}
+
+/// Parses an IP host as written in SIP: `192.0.2.1` or `[2001:db8::1]`.
+pub fn host_ip(host: &[u8]) -> Option<std::net::IpAddr> {
+    let text = std::str::from_utf8(host).ok()?;
+    match text.strip_prefix('[') {
+        Some(v6) => v6.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(Into::into),
+        None => text.parse::<std::net::Ipv4Addr>().ok().map(Into::into),
     }
 }
 
@@ -216,6 +231,16 @@ mod tests {
         assert_eq!(u.maddr(), Some(&b"[2001:db8::1]"[..]));
         let u = Uri::parse(b"sip:[::1]").unwrap();
         assert_eq!((u.host, u.port), (&b"[::1]"[..], None));
+    }
+
+    #[test]
+    fn host_as_ip() {
+        let ip = |u: &[u8]| Uri::parse(u).unwrap().host_ip();
+        assert_eq!(ip(b"sip:a@192.0.2.1:5060"), Some("192.0.2.1".parse().unwrap()));
+        assert_eq!(ip(b"sip:[2001:db8::1]"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(ip(b"sip:example.com"), None);
+        assert_eq!(host_ip(b"2001:db8::1"), None, "IPv6 in a URI host needs brackets");
+        assert_eq!(host_ip(b"999.1.1.1"), None);
     }
 
     #[test]

@@ -277,3 +277,49 @@ fn rport_fill_targets_the_flag_not_an_rport_with_a_value() {
     assert_eq!(m.top_via().rport, Rport::Value(5070));
     assert_eq!(m.top_via().received, Some(&b"192.0.2.1"[..]));
 }
+
+#[test]
+fn request_uri_and_arbitrary_headers() {
+    let buf = invite();
+    let out = apply(
+        &buf,
+        &[
+            Edit::SetRequestUri(b"sip:1000@10.0.0.9:5080;transport=udp"),
+            Edit::InsertHeader(b"X-Siplb-Destination: 3"),
+        ],
+    );
+    let m = scan_datagram(&out).unwrap();
+    assert_eq!(m.request_uri(), Some(&b"sip:1000@10.0.0.9:5080;transport=udp"[..]));
+    assert_eq!(m.header(b"x-siplb-destination").unwrap().value, b"3");
+    assert_eq!(header_lines(&out)[3], "X-Siplb-Destination: 3");
+
+    let response = msg(
+        &[
+            "SIP/2.0 200 OK",
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+            "From: <sip:a@h>;tag=1",
+            "To: <sip:b@h>;tag=2",
+            "Call-ID: c",
+            "CSeq: 1 INVITE",
+        ],
+        "",
+    );
+    let m = scan_datagram(&response).unwrap();
+    assert_eq!(
+        rewrite(&m, &[Edit::SetRequestUri(b"sip:x")]).unwrap_err(),
+        RewriteError::Missing
+    );
+}
+
+#[test]
+fn route_sets_reverse_without_a_temporary() {
+    let buf = invite();
+    let m = scan_datagram(&buf).unwrap();
+    let reversed: Vec<&[u8]> = m.route_values().rev().collect();
+    assert_eq!(
+        reversed,
+        [&b"<sip:next.example.com;lr>"[..], b"<sip:lb.example.com;lr>"]
+    );
+    assert_eq!(m.headers().next_back().unwrap().name, b"Content-Length");
+    assert_eq!(m.via_values().len(), 3);
+}
