@@ -291,7 +291,7 @@ fn request_uri_and_arbitrary_headers() {
     let m = scan_datagram(&out).unwrap();
     assert_eq!(m.request_uri(), Some(&b"sip:1000@10.0.0.9:5080;transport=udp"[..]));
     assert_eq!(m.header(b"x-siplb-destination").unwrap().value, b"3");
-    assert_eq!(header_lines(&out)[3], "X-Siplb-Destination: 3");
+    assert_eq!(header_lines(&out)[2], "X-Siplb-Destination: 3");
 
     let response = msg(
         &[
