@@ -9,11 +9,14 @@
 //!   sockets, no clock, no threads: time and datagrams go in, datagrams and
 //!   timer deadlines come out.
 //! - [`lb`]: destinations and their lock-free load counters.
+//! - [`dispatch`]: dispatcher algorithms (hash, round-robin, weighted
+//!   random, priority, SRV), pure functions over a destination set.
 //! - [`config`]: the TOML configuration.
 
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod dispatch;
 pub mod lb;
 pub mod runtime;
 
