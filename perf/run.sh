@@ -91,7 +91,7 @@ else
     : "${REPS:=3}" "${WRITE:=1}"
     FIXED_SECS=5
     RATES=${PERF_RATES:-2000 5000}
-    RAMP_START=4000 RAMP_STEP=4000 RAMP_SECS=3 RAMP_BISECT=3
+    RAMP_START=4000 RAMP_STEP=4000 RAMP_SECS=3 RAMP_BISECT=2
     SIPP_START=4000 SIPP_STEP=4000 SIPP_SECS=3 SIPP_BISECT=2
     OVL_SECS=6 OVL_HOLD_MS=1000
     FLOOR_SECS=3
@@ -120,7 +120,8 @@ WORK=$(cd "$WORK" && pwd)
 RES=$WORK/results.jsonl
 : >"$RES"
 
-exec 3>&2 # the terminal's stderr, whatever a command's redirections are when a signal comes
+# the terminal's stderr and stdout, whatever a command's redirections are when a signal comes
+exec 3>&2 4>&1
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&3; }
 
 # ---------------------------------------------------------------- processes
@@ -189,26 +190,37 @@ fg() {
 }
 
 WATCHDOG=
+OVERTIME=0
 cleanup() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM USR1
+    set +e
     [ -n "$FG" ] && kill_list "$FG"
     [ ${#ALL_PIDS[@]} -gt 0 ] && kill_list "${ALL_PIDS[@]}"
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     wait 2>/dev/null || true
+    if [ "$OVERTIME" = 1 ] && [ -s "$RES" ]; then
+        # over the time bound: report what was measured, marked as such
+        record meta --load-end "$(cut -d' ' -f1-3 /proc/loadavg)" --mode "cut short at ${MAX_SECONDS}s" || true
+        if [ "$WRITE" = 1 ]; then
+            python3 "$PERF/report.py" table "$RES" --append "$PERF/RESULTS.md" >&4 || true
+        else
+            python3 "$PERF/report.py" table "$RES" >&4 || true
+        fi
+    fi
     log "raw results and logs: $WORK"
     exit $rc
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
+trap 'log "over ${MAX_SECONDS}s: stopping, reporting what was measured"; OVERTIME=1; exit 124' USR1
 # a hard bound on the whole run
 (
     trap 'kill $sl 2>/dev/null; exit 0' TERM
     sleep "$MAX_SECONDS" &
     sl=$!
     wait $sl
-    log "perf/run.sh: over ${MAX_SECONDS}s, stopping"
-    kill -TERM $$
+    kill -USR1 $$
 ) &
 WATCHDOG=$!
 
