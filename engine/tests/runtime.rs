@@ -87,7 +87,16 @@ fn calls_of_one_source_spread_by_call_id() {
     callee_byes_reach_the_owner_worker("epoll", 21640, "call-id");
 }
 
+/// A test's base port, shifted by `SIPLB_TEST_PORT_OFFSET` (see tests/sipp.rs).
+fn port(base: u16) -> u16 {
+    base + std::env::var("SIPLB_TEST_PORT_OFFSET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn callee_byes_reach_the_owner_worker(io: &str, base: u16, ownership: &str) {
+    let base = port(base);
     let backend = UdpSocket::bind(("127.0.0.1", base + 11)).unwrap();
     backend.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let cfg = format!(

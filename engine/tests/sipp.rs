@@ -458,6 +458,16 @@ fn distribution_relative_is_proportional_to_capacity(io: &str, base: u16) {
     assert_eq!(spread(io, "spread-rel", base, "r"), vec![5, 10, 15]);
 }
 
+/// A test's base port, shifted by `SIPLB_TEST_PORT_OFFSET` so that several
+/// checkouts can run the suite on one machine at once without their siplb
+/// instances sharing SO_REUSEPORT ports.
+fn port(base: u16) -> u16 {
+    base + std::env::var("SIPLB_TEST_PORT_OFFSET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs a test body on both I/O paths, on port ranges 50 apart.
 macro_rules! both_io {
     ($($name:ident = $base:expr;)*) => {
@@ -466,7 +476,7 @@ macro_rules! both_io {
                 #[test]
                 fn $name() {
                     if super::sipp_available() {
-                        super::$name("epoll", $base);
+                        super::$name("epoll", super::port($base));
                     }
                 }
             )*
@@ -476,7 +486,7 @@ macro_rules! both_io {
                 #[test]
                 fn $name() {
                     if super::sipp_available() {
-                        super::$name("io_uring", $base + 50);
+                        super::$name("io_uring", super::port($base + 50));
                     }
                 }
             )*
