@@ -239,12 +239,21 @@ pub struct DestinationFile {
     pub group: u32,
     /// SIP URI with an IP address host: `"sip:127.0.0.1:5081"`.
     pub uri: Spanned<String>,
-    /// `"name=capacity;..."`.
+    /// `"name=capacity;..."`; absent or empty for a destination that is
+    /// only used by `dispatch` (no load semantics).
+    #[serde(default = "no_resources")]
     pub resources: Spanned<String>,
     /// 0 never, 1 only while disabled, 2 always.
     #[serde(default)]
     pub probe_mode: u8,
-    /// Free-form attributes shown by the admin API.
+    /// Dispatcher weight (default 1; 0: only when every weighted one failed).
+    #[serde(default = "default_weight")]
+    pub weight: Spanned<i64>,
+    /// Dispatcher priority (`priority` algorithm: highest first; `srv`:
+    /// lowest first, as DNS SRV).
+    #[serde(default = "default_priority")]
+    pub priority: Spanned<i64>,
+    /// Free-form attributes shown by the admin API (OpenSIPS `attrs`).
     #[serde(default)]
     pub attrs: String,
     /// Free-form description.
@@ -347,6 +356,15 @@ fn default_listen() -> Vec<Spanned<String>> {
 }
 fn default_internal_port_base() -> u16 {
     5070
+}
+fn no_resources() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
+}
+fn default_weight() -> Spanned<i64> {
+    Spanned::new(0..0, 1)
+}
+fn default_priority() -> Spanned<i64> {
+    Spanned::new(0..0, 0)
 }
 fn no_flags() -> Spanned<String> {
     Spanned::new(0..0, String::new())
@@ -553,7 +571,10 @@ impl Default for Limits {
     }
 }
 
-/// A backend.
+/// Largest dispatcher weight accepted.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// A backend. Its `group` is also its dispatcher set.
 #[derive(Debug, Clone)]
 pub struct Destination {
     /// Unique id.
@@ -568,6 +589,10 @@ pub struct Destination {
     pub resources: Vec<(usize, u32)>,
     /// Probe mode 0/1/2.
     pub probe_mode: u8,
+    /// Dispatcher weight (0 ..= [`MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Dispatcher priority.
+    pub priority: i32,
     /// Attributes.
     pub attrs: String,
     /// Description.
@@ -1011,6 +1036,21 @@ impl Validator<'_> {
             if d.probe_mode > 2 {
                 return Err(self.err(d.id.span(), format!("destination {id}: probe_mode must be 0, 1 or 2")));
             }
+            let weight = u32::try_from(*d.weight.get_ref())
+                .ok()
+                .filter(|w| *w <= MAX_WEIGHT)
+                .ok_or_else(|| {
+                    self.err(
+                        d.weight.span(),
+                        format!("destination {id}: weight must be in 0..={MAX_WEIGHT}"),
+                    )
+                })?;
+            let priority = i32::try_from(*d.priority.get_ref()).map_err(|_| {
+                self.err(
+                    d.priority.span(),
+                    format!("destination {id}: priority must fit in 32 bits"),
+                )
+            })?;
             destinations.push(Destination {
                 id,
                 group: d.group,
@@ -1018,6 +1058,8 @@ impl Validator<'_> {
                 addr,
                 resources,
                 probe_mode: d.probe_mode,
+                weight,
+                priority,
                 attrs: d.attrs.clone(),
                 description: d.description.clone(),
                 disabled: d.disabled,
@@ -1245,6 +1287,33 @@ mod tests {
         assert_eq!(line, 4);
         let (line, _) = line_err("[server]\nlisten = [\"localhost:5060\"]\n");
         assert_eq!(line, 2);
+    }
+
+    #[test]
+    fn dispatcher_fields_of_a_destination() {
+        let base = "[server]\nlisten = [\"127.0.0.1:5060\"]\n";
+        let c = Config::parse(&format!(
+            "{base}[[destinations]]\nid = 1\ngroup = 2\nuri = \"sip:127.0.0.1:5081\"\n\
+             weight = 5\npriority = -3\nattrs = \"duid=a;maxload=10\"\n\
+             [[destinations]]\nid = 2\ngroup = 2\nuri = \"sip:127.0.0.1:5082\"\n"
+        ))
+        .unwrap();
+        let (a, b) = (&c.destinations[0], &c.destinations[1]);
+        assert_eq!((a.weight, a.priority, a.attrs.as_str()), (5, -3, "duid=a;maxload=10"));
+        assert!(
+            a.resources.is_empty(),
+            "resources are optional for dispatcher-only destinations"
+        );
+        assert_eq!((b.weight, b.priority), (1, 0), "defaults");
+        let (line, msg) = line_err(&format!(
+            "{base}[[destinations]]\nid = 1\ngroup = 2\nuri = \"sip:127.0.0.1:5081\"\nweight = -1\n"
+        ));
+        assert_eq!(line, 7, "{msg}");
+        assert!(msg.contains("weight"), "{msg}");
+        let (line, msg) = line_err(&format!(
+            "{base}[[destinations]]\nid = 1\ngroup = 2\nuri = \"sip:127.0.0.1:5081\"\npriority = 9999999999\n"
+        ));
+        assert_eq!(line, 7, "{msg}");
     }
 
     #[test]
