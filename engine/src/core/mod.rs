@@ -69,7 +69,6 @@ pub mod stats;
 pub mod timer;
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -391,11 +390,13 @@ impl Proxy {
     }
 
     fn to_tag(&self, msg: &Message<'_>) -> Vec<u8> {
-        format!(
-            "slb{:x}",
-            msg::hash(&[msg.call_id(), msg.from_tag().unwrap_or_default()]) >> 16
-        )
-        .into_bytes()
+        let mut tag = Vec::with_capacity(16);
+        tag.extend_from_slice(b"slb");
+        msg::push_hex(
+            &mut tag,
+            msg::hash(&[msg.call_id(), msg.from_tag().unwrap_or_default()]) >> 16,
+        );
+        tag
     }
 
     /// A stateless local reply.
@@ -685,8 +686,9 @@ impl Proxy {
         };
         if is_ack {
             // ACK for a 2xx: its own transaction, relayed statelessly.
-            let branch = format!("z9hG4bKslbs{:x}", msg::hash(&[m.top_via().branch.unwrap_or_default()]));
-            if let Some(out) = self.forward(m, src, branch.as_bytes(), None, true) {
+            let mut branch = b"z9hG4bKslbs".to_vec();
+            msg::push_hex(&mut branch, msg::hash(&[m.top_via().branch.unwrap_or_default()]));
+            if let Some(out) = self.forward(m, src, &branch, None, true) {
                 Stats::inc(&self.stats.relayed_requests);
                 self.send(Local::Internal, dst, out);
             }
@@ -747,12 +749,17 @@ impl Proxy {
         record_route: Option<&[u8]>,
         remove_route: bool,
     ) -> Option<Vec<u8>> {
-        let mut via = self.via_host.clone();
+        let mut via = Vec::with_capacity(self.via_host.len() + branch.len() + 16);
+        via.extend_from_slice(&self.via_host);
         via.extend_from_slice(b";branch=");
         via.extend_from_slice(branch);
         via.extend_from_slice(b";rport");
-        let received = msg::ip_text(src.ip());
-        let port = src.port().to_string();
+        // `received` and the port, in one buffer.
+        let mut sender = Vec::with_capacity(24);
+        msg::push_ip(&mut sender, src.ip());
+        let ip_len = sender.len();
+        msg::push_decimal(&mut sender, u64::from(src.port()));
+        let (received, port) = sender.split_at(ip_len);
         let mut edits = [Edit::RemoveTopVia; 5];
         let mut n = 0;
         let mut push = |e| {
@@ -761,8 +768,8 @@ impl Proxy {
         };
         push(Edit::PrependVia(&via));
         push(Edit::TopViaReceived {
-            received: &received,
-            rport: Some(port.as_bytes()),
+            received,
+            rport: Some(port),
         });
         push(Edit::SetMaxForwards(
             m.max_forwards().map_or(70, |n| n.saturating_sub(1)),
@@ -831,7 +838,7 @@ impl Proxy {
             }
             self.send(local, src, trying);
         }
-        if !self.send_attempt(now, k) {
+        if !self.send_attempt(now, k, Some(m)) {
             // Could not build the request: answer and forget.
             self.finish_server(now, k, 500, None);
             return None;
@@ -839,31 +846,32 @@ impl Proxy {
         Some(k)
     }
 
-    /// Builds and sends the current attempt of transaction `k`.
-    fn send_attempt(&mut self, now: Instant, k: Key) -> bool {
+    /// Builds and sends the current attempt of transaction `k`. `request`
+    /// is the scanned request when the caller has it (the first attempt),
+    /// which saves scanning the stored copy again.
+    fn send_attempt(&mut self, now: Instant, k: Key, request: Option<&Message<'_>>) -> bool {
         let Some(t) = self.txns.get(k) else { return false };
-        let branch = BranchId {
+        let mut branch = Vec::with_capacity(48);
+        BranchId {
             epoch: self.epoch,
             worker: self.worker,
             index: k.index,
             generation: k.generation,
             attempt: t.attempt,
         }
-        .encode();
+        .encode_into(&mut branch);
         let rr = match (t.record_route, t.dialog) {
             (false, _) => None,
             (true, Some(d)) => {
                 let mut rr = self.record_route_host.clone();
                 rr.extend_from_slice(b";did=");
-                rr.extend_from_slice(
-                    &DialogId {
-                        epoch: self.epoch,
-                        worker: self.worker,
-                        index: d.index,
-                        generation: d.generation,
-                    }
-                    .encode(),
-                );
+                DialogId {
+                    epoch: self.epoch,
+                    worker: self.worker,
+                    index: d.index,
+                    generation: d.generation,
+                }
+                .encode_into(&mut rr);
                 rr.push(b'>');
                 Some(rr)
             }
@@ -873,13 +881,14 @@ impl Proxy {
                 Some(rr)
             }
         };
-        let out = {
-            let Ok(m) = scan_datagram(&t.request) else { return false };
-            match self.forward(&m, t.src, &branch, rr.as_deref(), t.remove_route) {
-                Some(o) => o,
-                None => return false,
+        let forwarded = match request {
+            Some(m) => self.forward(m, t.src, &branch, rr.as_deref(), t.remove_route),
+            None => {
+                let Ok(m) = scan_datagram(&t.request) else { return false };
+                self.forward(&m, t.src, &branch, rr.as_deref(), t.remove_route)
             }
         };
+        let Some(out) = forwarded else { return false };
         let timers = self.cfg.timers;
         let Some(t) = self.txns.get_mut(k) else { return false };
         t.out = out.clone();
@@ -1080,7 +1089,7 @@ impl Proxy {
                             Stats::inc(&self.stats.failovers);
                             tracing::info!(code, from = %failed, to = %t.dest, attempt = t.attempt, "failover");
                         }
-                        if self.send_attempt(now, k) {
+                        if self.send_attempt(now, k, None) {
                             return;
                         }
                     }
@@ -1301,8 +1310,7 @@ fn class<'a>(m: Method<'a>) -> &'a [u8] {
 /// fallback when the branch lacks the magic cookie).
 fn txn_key(m: &Message<'_>, class: &[u8]) -> u64 {
     let v = m.top_via();
-    let mut port = [0u8; 8];
-    let _ = write!(&mut port[..], "{}", v.port.unwrap_or(5060));
+    let port = v.port.unwrap_or(5060).to_be_bytes();
     match v.branch {
         Some(b) if b.starts_with(b"z9hG4bK") => msg::hash(&[b, v.host, &port, class]),
         _ => {

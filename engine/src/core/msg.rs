@@ -3,9 +3,10 @@
 //!
 //! Everything here is pure: bytes in, bytes out.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 
 use siplb_parser::{Message, Rport, Uri, Via};
 
@@ -33,13 +34,23 @@ impl BranchId {
     /// The branch text.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(48);
-        v.extend_from_slice(BRANCH_PREFIX);
-        let _ = write!(
-            v,
-            "{:x}.{:x}.{:x}.{:x}.{:x}",
-            self.epoch, self.worker, self.index, self.generation, self.attempt
-        );
+        self.encode_into(&mut v);
         v
+    }
+
+    /// Appends the branch text to `out` (no formatting machinery: this
+    /// runs for every relayed request).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(BRANCH_PREFIX);
+        push_hex(out, u64::from(self.epoch));
+        out.push(b'.');
+        push_hex(out, u64::from(self.worker));
+        out.push(b'.');
+        push_hex(out, u64::from(self.index));
+        out.push(b'.');
+        push_hex(out, u64::from(self.generation));
+        out.push(b'.');
+        push_hex(out, u64::from(self.attempt));
     }
 
     /// Decodes a branch written by [`BranchId::encode`].
@@ -75,12 +86,19 @@ impl DialogId {
     /// The parameter value.
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(32);
-        let _ = write!(
-            v,
-            "{:x}.{:x}.{:x}.{:x}",
-            self.epoch, self.worker, self.index, self.generation
-        );
+        self.encode_into(&mut v);
         v
+    }
+
+    /// Appends the parameter value to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        push_hex(out, u64::from(self.epoch));
+        out.push(b'.');
+        push_hex(out, u64::from(self.worker));
+        out.push(b'.');
+        push_hex(out, u64::from(self.index));
+        out.push(b'.');
+        push_hex(out, u64::from(self.generation));
     }
 
     /// Decodes a parameter value.
@@ -108,11 +126,56 @@ fn hex(s: &[u8]) -> Option<u64> {
     Some(n)
 }
 
-/// A 64-bit hash of some byte strings (deterministic, not keyed).
+/// Appends `n` in lower-case hex without leading zeros.
+pub fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// The process-wide hash state: one random seed for all workers, so they
+/// agree on every hash (owner by Call-ID, transaction keys, local To
+/// tags), while an outsider cannot aim collisions at the transaction
+/// index.
+fn hash_state() -> &'static foldhash::fast::FixedState {
+    static STATE: OnceLock<foldhash::fast::FixedState> = OnceLock::new();
+    STATE.get_or_init(|| foldhash::fast::FixedState::with_seed(foldhash::fast::RandomState::default().hash_one(0u64)))
+}
+
+/// A 64-bit hash of some byte strings: the same for the whole process,
+/// seeded at random per process. Each part's length is mixed in, so
+/// `["ab", "c"]` and `["a", "bc"]` differ.
 pub fn hash(parts: &[&[u8]]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h = hash_state().build_hasher();
     for p in parts {
-        p.hash(&mut h);
+        h.write_usize(p.len());
+        h.write(p);
     }
     h.finish()
 }
@@ -146,7 +209,26 @@ pub fn via_addr(via: &Via<'_>) -> Option<SocketAddr> {
 /// Text of an IP for a `received` parameter (IPv6 without brackets is
 /// what RFC 3261 grammar allows there: `IPv6address`).
 pub fn ip_text(ip: IpAddr) -> Vec<u8> {
-    ip.to_string().into_bytes()
+    let mut out = Vec::with_capacity(16);
+    push_ip(&mut out, ip);
+    out
+}
+
+/// Appends the text of an IP (IPv4 by hand: it is on every relayed request).
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 /// A Via value with `received` and `rport` set for a reply to `src`.
@@ -169,9 +251,10 @@ fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
         out.extend_from_slice(p.trim_ascii());
     }
     out.extend_from_slice(b";received=");
-    out.extend_from_slice(&ip_text(src.ip()));
+    push_ip(&mut out, src.ip());
     if rport_requested {
-        let _ = write!(out, ";rport={}", src.port());
+        out.extend_from_slice(b";rport=");
+        push_decimal(&mut out, u64::from(src.port()));
     }
     out
 }
@@ -356,6 +439,23 @@ pub fn route_dialog(value: &[u8]) -> Option<DialogId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_and_address_text_match_std_formatting() {
+        for n in [0u64, 1, 9, 10, 15, 16, 255, 65535, 1 << 32, u64::MAX] {
+            let (mut hex, mut dec) = (Vec::new(), Vec::new());
+            push_hex(&mut hex, n);
+            push_decimal(&mut dec, n);
+            assert_eq!(hex, format!("{n:x}").into_bytes());
+            assert_eq!(dec, n.to_string().into_bytes());
+        }
+        for ip in ["0.0.0.0", "127.0.0.1", "203.0.113.255", "::1", "2001:db8::5"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string().into_bytes());
+        }
+        assert_ne!(hash(&[b"ab", b"c"]), hash(&[b"a", b"bc"]));
+        assert_eq!(hash(&[b"call-1"]), hash(&[b"call-1"]));
+    }
 
     #[test]
     fn ids_round_trip() {
