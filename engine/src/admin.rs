@@ -14,7 +14,12 @@
 //! - `lb_resize` / `load_balancer:resize` (`destination_id, res_name,
 //!   new_capacity`): change a capacity at run time;
 //! - `get_statistics` (`statistics` as a list of names, `group:` prefixes
-//!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`.
+//!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`;
+//! - `lb_reload` / `load_balancer:reload`, `ds_reload` / `dispatcher:reload`:
+//!   re-read the configuration file and its destination source (see
+//!   [`crate::reload`]); the result says what was kept, added, removed,
+//!   skipped and not reloaded; a refused file is a JSON-RPC error naming
+//!   the file and line.
 //!
 //! `GET /metrics` serves the same counters in Prometheus text.
 
@@ -28,14 +33,37 @@ use serde_json::{json, Value};
 
 use crate::core::Stats;
 use crate::lb::Table;
+use crate::reload::Live;
 
 /// What the admin thread can see.
 #[derive(Clone)]
 pub struct View {
-    /// Destinations and load.
+    /// Destinations and load (refreshed from `live` before each request).
     pub table: Arc<Table>,
     /// Per-worker statistics.
     pub stats: Vec<Arc<Stats>>,
+    /// The running state, for reloads; `None`: reload commands fail.
+    pub live: Option<Arc<Live>>,
+}
+
+impl View {
+    /// A view of a fixed table, without reload.
+    pub fn new(table: Arc<Table>, stats: Vec<Arc<Stats>>) -> View {
+        View {
+            table,
+            stats,
+            live: None,
+        }
+    }
+
+    /// A view that follows the reloads of `live`.
+    pub fn live(live: Arc<Live>, stats: Vec<Arc<Stats>>) -> View {
+        View {
+            table: live.table(),
+            stats,
+            live: Some(live),
+        }
+    }
 }
 
 const COMMANDS: &[&str] = &[
@@ -47,6 +75,10 @@ const COMMANDS: &[&str] = &[
     "lb_resize",
     "load_balancer:resize",
     "get_statistics",
+    "lb_reload",
+    "load_balancer:reload",
+    "ds_reload",
+    "dispatcher:reload",
 ];
 
 /// Starts the admin server on `addr`; it exits when `stop` is set.
@@ -102,6 +134,18 @@ pub fn handle(body: &str, view: &View) -> Value {
         return error(id, -32600, "Invalid Request");
     };
     let params = req.get("params").cloned().unwrap_or(Value::Null);
+    // Each request sees the newest snapshot.
+    let current;
+    let view = match &view.live {
+        Some(live) => {
+            current = View {
+                table: live.table(),
+                ..view.clone()
+            };
+            &current
+        }
+        None => view,
+    };
     let result = match method {
         "which" => match params.get("command").and_then(Value::as_str) {
             Some("get_statistics") => json!([["statistics"]]),
@@ -146,10 +190,44 @@ pub fn handle(body: &str, view: &View) -> Value {
                 return error(id, -32602, "Invalid params");
             };
             let rid = view.table.resource_names().iter().position(|n| *n == name);
-            let index = view.table.destinations().iter().position(|x| std::ptr::eq(x, d));
+            let index = view
+                .table
+                .configured()
+                .find(|(_, x)| std::ptr::eq(*x, d))
+                .map(|(i, _)| i);
             match (rid, index) {
-                (Some(rid), Some(i)) if view.table.resize(i as u16, rid, cap) => json!("OK"),
+                (Some(rid), Some(i)) if view.table.resize(i, rid, cap) => json!("OK"),
                 _ => return error(id, 404, "Destination has no such resource"),
+            }
+        }
+        "lb_reload" | "load_balancer:reload" | "ds_reload" | "dispatcher:reload" => {
+            let Some(live) = &view.live else {
+                return error(id, 500, "reload is not available here");
+            };
+            match live.reload() {
+                Ok(r) => {
+                    tracing::info!(
+                        command = method,
+                        destinations = r.destinations,
+                        rules = r.rules,
+                        kept = ?r.report.kept,
+                        added = ?r.report.added,
+                        removed = ?r.report.removed,
+                        draining = ?r.report.draining,
+                        skipped = r.skipped.len(),
+                        not_reloaded = ?r.not_reloaded,
+                        "reloaded"
+                    );
+                    reloaded(&r)
+                }
+                Err(e) => {
+                    tracing::warn!(command = method, error = %e, "reload refused, the running configuration stays");
+                    return error(
+                        id,
+                        500,
+                        &format!("reload refused, the running configuration stays: {e}"),
+                    );
+                }
             }
         }
         "get_statistics" => {
@@ -185,7 +263,22 @@ fn param(params: &Value, pos: usize, name: &str) -> Option<String> {
 
 fn destination<'v>(view: &'v View, id: &str) -> Option<&'v crate::lb::DestState> {
     let id: u32 = id.trim().parse().ok()?;
-    view.table.destinations().iter().find(|d| d.config.id == id)
+    view.table.by_id(id).map(|(_, d)| d)
+}
+
+/// The result of a reload: what it did, OpenSIPS's `"OK"` as `status`.
+pub fn reloaded(r: &crate::reload::Reloaded) -> Value {
+    json!({
+        "status": "OK",
+        "destinations": r.destinations,
+        "rules": r.rules,
+        "kept": r.report.kept,
+        "added": r.report.added,
+        "removed": r.report.removed,
+        "draining": r.report.draining,
+        "skipped": r.skipped,
+        "not_reloaded": r.not_reloaded,
+    })
 }
 
 fn names(v: &Value) -> Vec<String> {
@@ -199,11 +292,12 @@ fn names(v: &Value) -> Vec<String> {
 /// `lb_list` in OpenSIPS's shape.
 pub fn lb_list(view: &View) -> Value {
     let names = view.table.resource_names();
+    // Table order, then removed destinations still draining their calls.
     let dests: Vec<Value> = view
         .table
-        .destinations()
-        .iter()
-        .map(|d| {
+        .configured()
+        .chain(view.table.draining())
+        .map(|(_, d)| {
             let resources: Vec<Value> = d
                 .config
                 .resources
@@ -225,6 +319,9 @@ pub fn lb_list(view: &View) -> Value {
             });
             if !d.config.attrs.is_empty() {
                 item["attrs"] = json!(d.config.attrs);
+            }
+            if d.retired() {
+                item["removed"] = json!("yes");
             }
             item
         })
@@ -267,7 +364,7 @@ pub fn metrics(view: &View) -> String {
         s.push_str(&format!("siplb_{name} {v}\n"));
     }
     let names = view.table.resource_names();
-    for d in view.table.destinations() {
+    for (_, d) in view.table.configured() {
         for &(rid, _) in &d.config.resources {
             if let (Some(c), Some(r)) = (d.counter(rid), names.get(rid)) {
                 let labels = format!(
@@ -298,6 +395,7 @@ mod tests {
         View {
             table: Arc::new(Table::new(&c.destinations, &c.resource_names)),
             stats: vec![Arc::new(Stats::default()), Arc::new(Stats::default())],
+            live: None,
         }
     }
 

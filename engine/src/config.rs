@@ -699,11 +699,18 @@ impl Network {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_seeded(path, &[])
+    }
+
+    /// [`Config::load`] for a reload: resource ids start from the running
+    /// configuration's `resource_names` (so that the load held by calls in
+    /// progress keeps its meaning), new names are appended.
+    pub fn load_seeded(path: &Path, resource_names: &[String]) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text).map_err(|e| match e {
+        Config::parse_seeded(&text, resource_names).map_err(|e| match e {
             ConfigError::At { line, message, .. } => ConfigError::At {
                 file: Some(path.display().to_string()),
                 line,
@@ -715,6 +722,11 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_seeded(text, &[])
+    }
+
+    /// [`Config::parse`] with resource ids seeded (see [`Config::load_seeded`]).
+    pub fn parse_seeded(text: &str, resource_names: &[String]) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
             ConfigError::At {
@@ -723,7 +735,11 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        Validator { text }.build(file)
+        Validator {
+            text,
+            seed: resource_names,
+        }
+        .build(file)
     }
 }
 
@@ -797,6 +813,8 @@ pub fn reason_phrase(code: u16) -> &'static str {
 
 struct Validator<'t> {
     text: &'t str,
+    /// Resource names whose ids are fixed already (a reload's running ones).
+    seed: &'t [String],
 }
 
 impl Validator<'_> {
@@ -979,7 +997,7 @@ impl Validator<'_> {
             handoff_queue: l.handoff_queue.max(16),
         };
 
-        let mut resource_names: Vec<String> = Vec::new();
+        let mut resource_names: Vec<String> = self.seed.to_vec();
         let mut destinations = Vec::new();
         for d in &file.destinations {
             let id = *d.id.get_ref();

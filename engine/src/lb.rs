@@ -16,6 +16,21 @@
 //! A reservation is a [`Hold`]: plain data a dialog owns. The dialog gives
 //! it back exactly once, by `Option::take` on its hold (see `core`).
 //!
+//! # Reload: slots, generations, shared counters
+//! A [`Table`] is an immutable snapshot; a reload builds the next one with
+//! [`Table::reload`] and the workers pick it up between two batches (see
+//! `reload`). Holds name their destination by *slot* (an index that stays
+//! valid across snapshots) plus the slot's generation:
+//! - a destination that keeps its id and URI keeps its slot, its generation,
+//!   its [`Counter`]s (the same `Arc`s: a call reserved on the old snapshot
+//!   is released on the new one) and its status;
+//! - a removed destination's slot is *retired*: not eligible, not listed as
+//!   configured, still holding the counters its calls release; once its load
+//!   is zero the slot may be reused by a new destination with the next
+//!   generation, and a stale [`Hold`] (older generation) releases nothing;
+//! - table order (ties, listing) is the configuration's order, kept apart
+//!   from slot numbers.
+//!
 //! # Selection (OpenSIPS `load_balance`)
 //! Eligible: in the group, enabled, offers every requested resource, not in
 //! the call's [`Tried`] set. Availability of a destination is the minimum
@@ -27,6 +42,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::config::Destination;
 
@@ -134,8 +150,11 @@ impl Tried {
 /// Load reserved by one call on one destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
-    /// Destination index in the table.
+    /// Destination slot in the table.
     pub dest: u16,
+    /// The slot's generation when reserved: a hold on a slot reused since
+    /// (after a reload) releases nothing.
+    pub generation: u16,
     /// Resources reserved (one unit each).
     pub resources: ResourceSet,
 }
@@ -171,30 +190,112 @@ impl Counter {
     }
 }
 
+/// Status of a destination that survives reloads (shared by the snapshots).
+#[derive(Debug)]
+struct Status {
+    enabled: AtomicBool,
+}
+
 /// A destination with its live state.
 #[derive(Debug)]
 pub struct DestState {
     /// Configuration.
     pub config: Destination,
-    /// Counter per resource id (`None` when not offered).
-    counters: Vec<Option<Counter>>,
-    enabled: AtomicBool,
+    /// Counter per resource id (`None` when not offered); shared with the
+    /// same destination in other snapshots.
+    counters: Vec<Option<Arc<Counter>>>,
+    status: Arc<Status>,
+    generation: u16,
+    retired: bool,
 }
 
 impl DestState {
-    /// The counter of resource `rid`, if offered.
-    pub fn counter(&self, rid: usize) -> Option<&Counter> {
-        self.counters.get(rid).and_then(Option::as_ref)
+    fn new(config: &Destination, n_resources: usize, generation: u16) -> DestState {
+        let mut counters: Vec<Option<Arc<Counter>>> = (0..n_resources).map(|_| None).collect();
+        for &(rid, cap) in &config.resources {
+            if let Some(slot) = counters.get_mut(rid) {
+                *slot = Some(Arc::new(Counter {
+                    load: AtomicU32::new(0),
+                    capacity: AtomicU32::new(cap),
+                }));
+            }
+        }
+        DestState {
+            config: config.clone(),
+            counters,
+            status: Arc::new(Status {
+                enabled: AtomicBool::new(!config.disabled),
+            }),
+            generation,
+            retired: false,
+        }
     }
 
-    /// True when enabled (neither disabled by config, admin, nor failure).
+    /// The same destination (counters, status) under a new configuration:
+    /// counters of resources it still offers are kept (with the new
+    /// capacity), new ones start at zero.
+    fn renewed(&self, config: &Destination, n_resources: usize) -> DestState {
+        let mut counters: Vec<Option<Arc<Counter>>> = (0..n_resources).map(|_| None).collect();
+        for &(rid, cap) in &config.resources {
+            if let Some(slot) = counters.get_mut(rid) {
+                let c = match self.counters.get(rid).and_then(Option::as_ref) {
+                    Some(c) => {
+                        c.capacity.store(cap, Ordering::Relaxed);
+                        c.clone()
+                    }
+                    None => Arc::new(Counter {
+                        load: AtomicU32::new(0),
+                        capacity: AtomicU32::new(cap),
+                    }),
+                };
+                *slot = Some(c);
+            }
+        }
+        DestState {
+            config: config.clone(),
+            counters,
+            status: self.status.clone(),
+            generation: self.generation,
+            retired: false,
+        }
+    }
+
+    /// This destination, retired (or kept retired) in the next snapshot.
+    fn retire(&self) -> DestState {
+        DestState {
+            config: self.config.clone(),
+            counters: self.counters.clone(),
+            status: self.status.clone(),
+            generation: self.generation,
+            retired: true,
+        }
+    }
+
+    /// True when removed by a reload: takes no new calls, lives on while
+    /// calls hold load on it.
+    pub fn retired(&self) -> bool {
+        self.retired
+    }
+
+    /// Sum of its loads.
+    pub fn total_load(&self) -> u64 {
+        self.counters.iter().flatten().map(|c| u64::from(c.load())).sum()
+    }
+
+    /// The counter of resource `rid`, if offered.
+    pub fn counter(&self, rid: usize) -> Option<&Counter> {
+        self.counters.get(rid).and_then(|c| c.as_deref())
+    }
+
+    /// True when enabled (neither disabled by config, admin, nor failure)
+    /// and not retired.
     pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+        !self.retired && self.status.enabled.load(Ordering::Relaxed)
     }
 
     /// Enables or disables.
     pub fn set_enabled(&self, on: bool) {
-        self.enabled.store(on, Ordering::Relaxed);
+        self.status.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Its address.
@@ -226,46 +327,160 @@ impl DestState {
     }
 }
 
-/// All destinations; shared by the workers.
+/// All destinations; an immutable snapshot shared by the workers (the
+/// atomics inside change, the set of destinations does not).
 #[derive(Debug)]
 pub struct Table {
+    /// By slot; configured ones and retired ones.
     dests: Vec<DestState>,
+    /// Slots of the configured (not retired) destinations, in table order.
+    order: Vec<u16>,
     resource_names: Vec<String>,
-    underflows: AtomicU64,
+    underflows: Arc<AtomicU64>,
+}
+
+/// What [`Table::reload`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Destinations that kept their id and URI (load and status kept).
+    pub kept: Vec<u32>,
+    /// New destinations (ids).
+    pub added: Vec<u32>,
+    /// Removed destinations (ids): they take no new calls.
+    pub removed: Vec<u32>,
+    /// Removed destinations still holding calls (ids), freed when those end.
+    pub draining: Vec<u32>,
+}
+
+/// Why a reload could not build a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// The configuration's resource names do not extend the running ones.
+    #[error("resource names must extend the running ones (restart to rename resources)")]
+    Resources,
+    /// More slots than a [`Hold`] can name.
+    #[error("too many destinations (live plus draining): at most 65535")]
+    Full,
 }
 
 impl Table {
-    /// Builds the table from validated destinations.
+    /// Builds the table from validated destinations: slot i is the i-th
+    /// destination.
     pub fn new(dests: &[Destination], resource_names: &[String]) -> Table {
-        let dests = dests
+        let n = resource_names.len();
+        let dests: Vec<DestState> = dests
             .iter()
-            .map(|d| {
-                let mut counters: Vec<Option<Counter>> = (0..resource_names.len()).map(|_| None).collect();
-                for &(rid, cap) in &d.resources {
-                    if let Some(slot) = counters.get_mut(rid) {
-                        *slot = Some(Counter {
-                            load: AtomicU32::new(0),
-                            capacity: AtomicU32::new(cap),
-                        });
-                    }
-                }
-                DestState {
-                    config: d.clone(),
-                    counters,
-                    enabled: AtomicBool::new(!d.disabled),
-                }
-            })
+            .take(usize::from(u16::MAX))
+            .map(|d| DestState::new(d, n, 0))
             .collect();
         Table {
+            order: (0..dests.len() as u16).collect(),
             dests,
             resource_names: resource_names.to_vec(),
-            underflows: AtomicU64::new(0),
+            underflows: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// The destinations, in table order.
+    /// The next snapshot for a new destination list. `resource_names` must
+    /// start with this table's names (resource ids are kept across reloads,
+    /// see `Config::parse_seeded`). Destinations with the same id and URI
+    /// as a configured one here keep their slot, counters and status.
+    pub fn reload(
+        &self,
+        dests: &[Destination],
+        resource_names: &[String],
+    ) -> Result<(Table, ReloadReport), TableError> {
+        if !resource_names.starts_with(&self.resource_names) {
+            return Err(TableError::Resources);
+        }
+        let n = resource_names.len();
+        let mut report = ReloadReport::default();
+        // Start from every old slot retired; configured ones come back below.
+        let mut slots: Vec<Option<DestState>> = self.dests.iter().map(|d| Some(d.retire())).collect();
+        let mut order = Vec::with_capacity(dests.len());
+        let mut fresh = Vec::new();
+        for d in dests {
+            let old = self.order.iter().copied().find(|&i| {
+                let o = &self.dests[usize::from(i)].config;
+                o.id == d.id && o.uri == d.uri
+            });
+            match old {
+                Some(i) => {
+                    slots[usize::from(i)] = Some(self.dests[usize::from(i)].renewed(d, n));
+                    order.push(i);
+                    report.kept.push(d.id);
+                }
+                None => {
+                    fresh.push(d);
+                    order.push(u16::MAX);
+                }
+            }
+        }
+        // New destinations take free retired slots (no load left) or new ones.
+        let mut fresh = fresh.into_iter();
+        for o in order.iter_mut().filter(|o| **o == u16::MAX) {
+            let Some(d) = fresh.next() else { break };
+            let reusable = slots
+                .iter()
+                .position(|s| s.as_ref().is_some_and(|s| s.retired && s.total_load() == 0));
+            let i = match reusable {
+                Some(i) => {
+                    let generation = slots[i].as_ref().map_or(0, |s| s.generation.wrapping_add(1));
+                    slots[i] = Some(DestState::new(d, n, generation));
+                    i
+                }
+                None => {
+                    if slots.len() >= usize::from(u16::MAX) {
+                        return Err(TableError::Full);
+                    }
+                    slots.push(Some(DestState::new(d, n, 0)));
+                    slots.len() - 1
+                }
+            };
+            *o = i as u16;
+            report.added.push(d.id);
+        }
+        for &i in &self.order {
+            let d = &self.dests[usize::from(i)];
+            if slots[usize::from(i)].as_ref().is_some_and(|s| s.retired) {
+                report.removed.push(d.config.id);
+                if d.total_load() > 0 {
+                    report.draining.push(d.config.id);
+                }
+            }
+        }
+        let table = Table {
+            dests: slots.into_iter().flatten().collect(),
+            order,
+            resource_names: resource_names.to_vec(),
+            underflows: self.underflows.clone(),
+        };
+        Ok((table, report))
+    }
+
+    /// Every slot: the configured destinations and the retired ones (see
+    /// [`DestState::retired`]). Use [`Table::configured`] for table order.
     pub fn destinations(&self) -> &[DestState] {
         &self.dests
+    }
+
+    /// The configured destinations with their slots, in table order.
+    pub fn configured(&self) -> impl Iterator<Item = (u16, &DestState)> + '_ {
+        self.order.iter().map(move |&i| (i, &self.dests[usize::from(i)]))
+    }
+
+    /// Retired destinations that still hold load (calls in progress).
+    pub fn draining(&self) -> impl Iterator<Item = (u16, &DestState)> + '_ {
+        self.dests
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.retired && d.total_load() > 0)
+            .map(|(i, d)| (i as u16, d))
+    }
+
+    /// The configured destination with this id.
+    pub fn by_id(&self, id: u32) -> Option<(u16, &DestState)> {
+        self.configured().find(|(_, d)| d.config.id == id)
     }
 
     /// Resource names by id.
@@ -278,9 +493,9 @@ impl Table {
         self.dests.get(usize::from(idx))
     }
 
-    /// Index of the destination at `addr`, if any.
+    /// Slot of the configured destination at `addr`, if any.
     pub fn index_of_addr(&self, addr: SocketAddr) -> Option<u16> {
-        self.dests.iter().position(|d| d.config.addr == addr).map(|i| i as u16)
+        self.configured().find(|(_, d)| d.config.addr == addr).map(|(i, _)| i)
     }
 
     /// Releases that found a zero counter (a bug if ever non-zero).
@@ -314,8 +529,8 @@ impl Table {
             let mut best: Option<(i64, u16, [u32; MAX_RESOURCES])> = None;
             let mut ties = 0usize;
             let mut eligible = false;
-            for (i, d) in self.dests.iter().enumerate() {
-                let idx = i as u16;
+            for &idx in &self.order {
+                let d = &self.dests[usize::from(idx)];
                 if d.config.group != group || !d.enabled() || tried.contains(idx) {
                     continue;
                 }
@@ -364,6 +579,7 @@ impl Table {
                 {
                     self.release(Hold {
                         dest: idx,
+                        generation: d.generation,
                         resources: done,
                     });
                     continue 'retry;
@@ -372,6 +588,7 @@ impl Table {
             }
             return Ok(Hold {
                 dest: idx,
+                generation: d.generation,
                 resources: set,
             });
         }
@@ -381,7 +598,7 @@ impl Table {
     /// Gives back one unit of each resource of `hold`. Saturating: a counter
     /// at zero stays at zero and the event is counted in [`Table::underflows`].
     pub fn release(&self, hold: Hold) {
-        let Some(d) = self.dest(hold.dest) else {
+        let Some(d) = self.dest(hold.dest).filter(|d| d.generation == hold.generation) else {
             return;
         };
         for rid in hold.resources.iter() {
@@ -398,8 +615,9 @@ impl Table {
 
     /// Adds one unit of each resource without a capacity check (OpenSIPS
     /// `lb_count_call`: calls from a destination count as load on it).
+    /// `None` when the destination offers none of them (nothing to hold).
     pub fn count_call(&self, dest: u16, set: ResourceSet) -> Option<Hold> {
-        let d = self.dest(dest)?;
+        let d = self.dest(dest).filter(|d| !d.retired)?;
         let mut held = ResourceSet::EMPTY;
         for rid in set.iter() {
             if let Some(c) = d.counter(rid) {
@@ -407,16 +625,17 @@ impl Table {
                 held = held.with(rid);
             }
         }
-        Some(Hold { dest, resources: held })
+        (!held.is_empty()).then_some(Hold {
+            dest,
+            generation: d.generation,
+            resources: held,
+        })
     }
 
-    /// Sum of all loads (zero when no call is held).
+    /// Sum of all loads, retired destinations included (zero when no call
+    /// is held).
     pub fn total_load(&self) -> u64 {
-        self.dests
-            .iter()
-            .flat_map(|d| d.counters.iter().flatten())
-            .map(|c| u64::from(c.load()))
-            .sum()
+        self.dests.iter().map(DestState::total_load).sum()
     }
 }
 
@@ -477,7 +696,11 @@ mod tests {
     fn relative_availability() {
         let t = table(&[(1, 1, "pstn=10"), (2, 1, "pstn=100")]);
         let s = set(&t, &["pstn"]);
-        let one = Hold { dest: 0, resources: s };
+        let one = Hold {
+            dest: 0,
+            generation: 0,
+            resources: s,
+        };
         let _ = t.count_call(0, s);
         assert_eq!(load(&t, 0, 0), 1);
         // absolute: 9 vs 100 -> index 1; relative: 90 vs 100 -> index 1
@@ -564,7 +787,11 @@ mod tests {
     fn release_saturates_and_counts() {
         let t = table(&[(1, 1, "pstn=1")]);
         let s = set(&t, &["pstn"]);
-        t.release(Hold { dest: 0, resources: s });
+        t.release(Hold {
+            dest: 0,
+            generation: 0,
+            resources: s,
+        });
         assert_eq!(load(&t, 0, 0), 0);
         assert_eq!(t.underflows(), 1);
     }
@@ -593,7 +820,11 @@ mod tests {
         assert_eq!(load(&t, 0, 0) + load(&t, 1, 0), 2000);
         for d in 0..2 {
             for _ in 0..1000 {
-                t.release(Hold { dest: d, resources: s });
+                t.release(Hold {
+                    dest: d,
+                    generation: 0,
+                    resources: s,
+                });
             }
         }
         assert_eq!(t.total_load(), 0);

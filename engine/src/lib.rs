@@ -9,6 +9,8 @@
 //!   sockets, no clock, no threads: time and datagrams go in, datagrams and
 //!   timer deadlines come out.
 //! - [`lb`]: destinations and their lock-free load counters.
+//! - [`reload`]: the running configuration and table as an atomically
+//!   swapped snapshot; `lb_reload`/SIGHUP.
 //! - [`dispatch`]: dispatcher algorithms (hash, round-robin, weighted
 //!   random, priority, SRV), pure functions over a destination set.
 //! - [`config`]: the TOML configuration.
@@ -18,6 +20,7 @@ pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod lb;
+pub mod reload;
 pub mod runtime;
 
 pub use siplb_parser as parser;

@@ -36,13 +36,19 @@ enum Command {
 
 /// Set by SIGINT/SIGTERM.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// Set by SIGHUP: reload.
+static HANGUP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::Relaxed);
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        HANGUP.store(true, Ordering::Relaxed);
+    } else {
+        SIGNALLED.store(true, Ordering::Relaxed);
+    }
 }
 
 fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe; sigaction is given a zeroed, valid struct.
         unsafe {
@@ -98,13 +104,11 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     install_signal_handlers();
-    let runtime = siplb::runtime::Runtime::start(config.clone()).context("starting workers")?;
+    let live = Arc::new(siplb::reload::Live::new(config.clone(), Some(path.clone())));
+    let runtime = siplb::runtime::Runtime::start_live(live.clone()).context("starting workers")?;
     let admin = match config.admin {
         Some(addr) => {
-            let view = siplb::admin::View {
-                table: runtime.table.clone(),
-                stats: runtime.stats.clone(),
-            };
+            let view = siplb::admin::View::live(live.clone(), runtime.stats.clone());
             Some(siplb::admin::start(addr, view, runtime.stop_flag()).with_context(|| format!("admin API on {addr}"))?)
         }
         None => None,
@@ -115,6 +119,25 @@ fn main() -> anyhow::Result<()> {
     let mut seen = runtime.statistics();
     while !SIGNALLED.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if HANGUP.swap(false, Ordering::Relaxed) {
+            match live.reload() {
+                Ok(r) => tracing::info!(
+                    signal = "SIGHUP",
+                    destinations = r.destinations,
+                    rules = r.rules,
+                    kept = ?r.report.kept,
+                    added = ?r.report.added,
+                    removed = ?r.report.removed,
+                    draining = ?r.report.draining,
+                    skipped = ?r.skipped,
+                    not_reloaded = ?r.not_reloaded,
+                    "reloaded"
+                ),
+                Err(e) => {
+                    tracing::error!(signal = "SIGHUP", error = %e, "reload refused, the running configuration stays")
+                }
+            }
+        }
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = std::time::Instant::now();
             let now = runtime.statistics();
@@ -135,7 +158,7 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!("stopping");
     let stop = runtime.stop_flag();
-    let table = runtime.table.clone();
+    let table = live.table();
     runtime.stop();
     stop.store(true, Ordering::Relaxed);
     if let Some(a) = admin {

@@ -253,6 +253,15 @@ impl Proxy {
         }
     }
 
+    /// Takes a new configuration and destination table (a reload, see
+    /// `reload`). Transactions and dialogs in progress carry on: their holds
+    /// stay valid in `table`. Settings that size or bind things (listen
+    /// addresses, workers, limits) must be the ones this proxy was built with.
+    pub fn reload(&mut self, cfg: Arc<Config>, table: Arc<Table>) {
+        self.cfg = cfg;
+        self.table = table;
+    }
+
     /// This worker's statistics.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
@@ -572,12 +581,11 @@ impl Proxy {
 
     /// The destination a request comes from: same address, else same IP.
     fn source_destination(&self, src: SocketAddr) -> Option<u16> {
-        let dests = self.table.destinations();
-        dests
-            .iter()
-            .position(|d| d.addr() == src)
-            .or_else(|| dests.iter().position(|d| d.addr().ip() == src.ip()))
-            .map(|i| i as u16)
+        let t = &self.table;
+        t.configured()
+            .find(|(_, d)| d.addr() == src)
+            .or_else(|| t.configured().find(|(_, d)| d.addr().ip() == src.ip()))
+            .map(|(i, _)| i)
     }
 
     fn no_capacity(&mut self, local: Local, src: SocketAddr, m: &Message<'_>, e: LbError) {
@@ -612,7 +620,7 @@ impl Proxy {
             }
             if !r.sources.is_empty() || r.from_destinations {
                 let net = r.sources.iter().any(|n| n.contains(src.ip()));
-                let dest = r.from_destinations && self.table.destinations().iter().any(|d| d.addr().ip() == src.ip());
+                let dest = r.from_destinations && self.table.configured().any(|(_, d)| d.addr().ip() == src.ip());
                 if !net && !dest {
                     return None;
                 }

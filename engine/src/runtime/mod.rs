@@ -38,6 +38,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crate::config::{Config, IoMode};
 use crate::core::{Disposition, Local, Proxy, Stats, Transmit};
 use crate::lb::Table;
+use crate::reload::Live;
 
 /// Errors starting the runtime.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +70,11 @@ struct HandOff {
 
 /// A running set of workers.
 pub struct Runtime {
-    /// The shared destination table.
+    /// The destination table the workers started with; after a reload the
+    /// current one is `live.table()`.
     pub table: Arc<Table>,
+    /// The running configuration and table, swapped by reloads.
+    pub live: Arc<Live>,
     /// Per-worker statistics.
     pub stats: Vec<Arc<Stats>>,
     stop: Arc<AtomicBool>,
@@ -87,6 +91,16 @@ impl Runtime {
     /// Binds every socket, then starts the workers. Fails before any
     /// thread starts when a socket cannot be bound.
     pub fn start(cfg: Arc<Config>) -> Result<Runtime, RuntimeError> {
+        Runtime::start_live(Arc::new(Live::new(cfg, None)))
+    }
+
+    /// [`Runtime::start`] on a [`Live`] state: the workers pick up each
+    /// snapshot its reloads install.
+    pub fn start_live(live: Arc<Live>) -> Result<Runtime, RuntimeError> {
+        // Generation first: a reload in between is then picked up again.
+        let generation = live.generation();
+        let first = live.snapshot();
+        let cfg = first.config.clone();
         let use_uring = match cfg.io {
             IoMode::Epoll => false,
             IoMode::Auto | IoMode::IoUring => match uring::available() {
@@ -102,7 +116,7 @@ impl Runtime {
                 }
             },
         };
-        let table = Arc::new(Table::new(&cfg.destinations, &cfg.resource_names));
+        let table = first.table.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let n = cfg.workers;
         let epoch = epoch();
@@ -156,6 +170,8 @@ impl Runtime {
                 stats,
                 max_message: cfg.limits.max_message_size,
                 use_uring,
+                live: live.clone(),
+                generation,
             };
             let core = cores.get(i % cores.len().max(1)).copied();
             let handle = std::thread::Builder::new()
@@ -183,6 +199,7 @@ impl Runtime {
         );
         Ok(Runtime {
             table,
+            live,
             stats: all_stats,
             stop,
             workers,
@@ -247,9 +264,23 @@ struct Worker {
     stats: Arc<Stats>,
     max_message: usize,
     use_uring: bool,
+    live: Arc<Live>,
+    /// The generation of the snapshot the proxy holds.
+    generation: u64,
 }
 
 impl Worker {
+    /// Takes the newest snapshot when a reload installed one (one relaxed
+    /// load per loop turn otherwise).
+    fn pick_up(&mut self) {
+        let g = self.live.generation();
+        if g != self.generation {
+            let s = self.live.snapshot();
+            self.proxy.reload(s.config.clone(), s.table.clone());
+            self.generation = g;
+        }
+    }
+
     fn run(mut self) {
         let result = if self.use_uring {
             match self.setup_uring().and_then(|ring| self.run_uring(ring)) {
@@ -283,6 +314,7 @@ impl Worker {
         // One byte more than the limit, so oversized datagrams are seen as such.
         let mut batch = udp::RecvBatch::new(BATCH, self.max_message + 1);
         while !self.stop.load(Ordering::Relaxed) {
+            self.pick_up();
             let now = Instant::now();
             let wait = self
                 .proxy
@@ -355,6 +387,7 @@ impl Worker {
         let internal_index = self.publics.len();
         let waker = self.wakers[self.index].clone();
         while !self.stop.load(Ordering::Relaxed) {
+            self.pick_up();
             let now = Instant::now();
             let wait = self
                 .proxy
