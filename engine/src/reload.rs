@@ -115,7 +115,7 @@ impl Live {
         let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let running = self.snapshot();
-        let config = Config::load_seeded(path, &running.table.resource_names().to_vec())?;
+        let config = Config::load_seeded(path, running.table.resource_names())?;
         self.install(&running, config)
     }
 
@@ -273,7 +273,10 @@ mod tests {
             dest(1, 5081, "pstn=1")
         );
         let r = live.apply(parse(&live, &text)).unwrap();
-        assert_eq!(r.not_reloaded, vec!["server.listen", "server.workers", "server.advertised_address"]);
+        assert_eq!(
+            r.not_reloaded,
+            vec!["server.listen", "server.workers", "server.advertised_address"]
+        );
         let c = live.config();
         assert_eq!(c.listen, vec!["127.0.0.1:5060".parse().unwrap()]);
         assert_eq!(c.workers, 2);
