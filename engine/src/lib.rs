@@ -14,6 +14,7 @@
 //! - [`dispatch`]: dispatcher algorithms (hash, round-robin, weighted
 //!   random, priority, SRV), pure functions over a destination set.
 //! - [`config`]: the TOML configuration.
+//! - [`sources`]: destinations from OpenSIPS tables (dbtext file, MySQL).
 
 pub mod admin;
 pub mod config;
@@ -22,5 +23,6 @@ pub mod dispatch;
 pub mod lb;
 pub mod reload;
 pub mod runtime;
+pub mod sources;
 
 pub use siplb_parser as parser;
