@@ -69,6 +69,9 @@ pub struct File {
     /// `[[destinations]]`: the backends.
     #[serde(default)]
     pub destinations: Vec<DestinationFile>,
+    /// `[[sources]]`: more backends, from OpenSIPS tables (see [`crate::sources`]).
+    #[serde(default)]
+    pub sources: Vec<SourceFile>,
     /// `[[rules]]`: the routing policy for initial requests, first match wins.
     #[serde(default)]
     pub rules: Vec<RuleFile>,
@@ -262,6 +265,22 @@ pub struct DestinationFile {
     /// Start disabled.
     #[serde(default)]
     pub disabled: bool,
+}
+
+/// `[[sources]]`: an OpenSIPS `load_balancer` or `dispatcher` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// `"text:///dir"` (dbtext; relative paths start at the config file's
+    /// directory) or `"mysql://user:password@host[:port]/database"`.
+    pub db_url: Spanned<String>,
+    /// Table name (the file name for dbtext).
+    #[serde(default = "default_table")]
+    pub table: String,
+}
+
+fn default_table() -> String {
+    "load_balancer".into()
 }
 
 /// `[[rules]]`: the match keys (all given ones must match) and exactly one action.
@@ -467,6 +486,8 @@ pub struct Config {
     pub resource_names: Vec<String>,
     /// Routing rules, first match wins.
     pub rules: Vec<Rule>,
+    /// Destination rows from `[[sources]]` that were skipped, with where and why.
+    pub skipped: Vec<String>,
 }
 
 /// Which I/O path the runtime uses.
@@ -697,7 +718,7 @@ impl Network {
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file (and reads the `[[sources]]` it names).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_seeded(path, &[])
     }
@@ -710,7 +731,8 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse_seeded(&text, resource_names).map_err(|e| match e {
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+        Config::parse_at(&text, resource_names, base).map_err(|e| match e {
             ConfigError::At { line, message, .. } => ConfigError::At {
                 file: Some(path.display().to_string()),
                 line,
@@ -727,6 +749,11 @@ impl Config {
 
     /// [`Config::parse`] with resource ids seeded (see [`Config::load_seeded`]).
     pub fn parse_seeded(text: &str, resource_names: &[String]) -> Result<Config, ConfigError> {
+        Config::parse_at(text, resource_names, None)
+    }
+
+    /// Relative dbtext directories in `[[sources]]` start at `base`.
+    fn parse_at(text: &str, resource_names: &[String], base: Option<&Path>) -> Result<Config, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
             ConfigError::At {
@@ -738,6 +765,7 @@ impl Config {
         Validator {
             text,
             seed: resource_names,
+            base,
         }
         .build(file)
     }
@@ -815,6 +843,8 @@ struct Validator<'t> {
     text: &'t str,
     /// Resource names whose ids are fixed already (a reload's running ones).
     seed: &'t [String],
+    /// Where relative source paths start.
+    base: Option<&'t Path>,
 }
 
 impl Validator<'_> {
@@ -835,6 +865,98 @@ impl Validator<'_> {
                     v.get_ref()
                 ),
             )
+        })
+    }
+
+    /// Validates one destination; `taken` are the ones accepted so far,
+    /// `resource_names` gains the new resource names it offers.
+    fn destination(
+        &self,
+        d: &DestinationFile,
+        destinations: &[Destination],
+        resource_names: &mut Vec<String>,
+    ) -> Result<Destination, ConfigError> {
+        let id = *d.id.get_ref();
+        if destinations.iter().any(|x: &Destination| x.id == id) {
+            return Err(self.err(d.id.span(), format!("destination id {id} is used twice")));
+        }
+        let addr = uri_addr(d.uri.get_ref()).ok_or_else(|| {
+            self.err(
+                d.uri.span(),
+                format!(
+                    "destination {id}: uri {:?} is not a sip: URI with an IP address host",
+                    d.uri.get_ref()
+                ),
+            )
+        })?;
+        let mut resources = Vec::new();
+        for part in d
+            .resources
+            .get_ref()
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let bad = || {
+                self.err(
+                    d.resources.span(),
+                    format!("destination {id}: bad resource {part:?} (expected name=capacity)"),
+                )
+            };
+            let (name, cap) = part.split_once('=').ok_or_else(bad)?;
+            let (name, cap) = (name.trim(), cap.trim());
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(bad());
+            }
+            let cap: u32 = cap.parse().map_err(|_| bad())?;
+            let rid = match resource_names.iter().position(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    if resource_names.len() == MAX_RESOURCES {
+                        return Err(self.err(
+                            d.resources.span(),
+                            format!("at most {MAX_RESOURCES} distinct resource names"),
+                        ));
+                    }
+                    resource_names.push(name.to_string());
+                    resource_names.len() - 1
+                }
+            };
+            if resources.iter().any(|&(r, _)| r == rid) {
+                return Err(self.err(d.resources.span(), format!("destination {id}: resource {name} twice")));
+            }
+            resources.push((rid, cap));
+        }
+        if d.probe_mode > 2 {
+            return Err(self.err(d.id.span(), format!("destination {id}: probe_mode must be 0, 1 or 2")));
+        }
+        let weight = u32::try_from(*d.weight.get_ref())
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .ok_or_else(|| {
+                self.err(
+                    d.weight.span(),
+                    format!("destination {id}: weight must be in 0..={MAX_WEIGHT}"),
+                )
+            })?;
+        let priority = i32::try_from(*d.priority.get_ref()).map_err(|_| {
+            self.err(
+                d.priority.span(),
+                format!("destination {id}: priority must fit in 32 bits"),
+            )
+        })?;
+        Ok(Destination {
+            id,
+            group: d.group,
+            uri: d.uri.get_ref().clone(),
+            addr,
+            resources,
+            probe_mode: d.probe_mode,
+            weight,
+            priority,
+            attrs: d.attrs.clone(),
+            description: d.description.clone(),
+            disabled: d.disabled,
         })
     }
 
@@ -1000,88 +1122,32 @@ impl Validator<'_> {
         let mut resource_names: Vec<String> = self.seed.to_vec();
         let mut destinations = Vec::new();
         for d in &file.destinations {
-            let id = *d.id.get_ref();
-            if destinations.iter().any(|x: &Destination| x.id == id) {
-                return Err(self.err(d.id.span(), format!("destination id {id} is used twice")));
-            }
-            let addr = uri_addr(d.uri.get_ref()).ok_or_else(|| {
+            let dest = self.destination(d, &destinations, &mut resource_names)?;
+            destinations.push(dest);
+        }
+        // Destinations from [[sources]]: a bad row is skipped and reported.
+        let mut skipped = Vec::new();
+        for src in &file.sources {
+            let rows = crate::sources::read(src.db_url.get_ref(), &src.table, self.base).map_err(|e| {
                 self.err(
-                    d.uri.span(),
-                    format!(
-                        "destination {id}: uri {:?} is not a sip: URI with an IP address host",
-                        d.uri.get_ref()
-                    ),
+                    src.db_url.span(),
+                    format!("source {}: {e}", crate::sources::hide_password(src.db_url.get_ref())),
                 )
             })?;
-            let mut resources = Vec::new();
-            for part in d
-                .resources
-                .get_ref()
-                .split(';')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-            {
-                let bad = || {
-                    self.err(
-                        d.resources.span(),
-                        format!("destination {id}: bad resource {part:?} (expected name=capacity)"),
-                    )
-                };
-                let (name, cap) = part.split_once('=').ok_or_else(bad)?;
-                let (name, cap) = (name.trim(), cap.trim());
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                    return Err(bad());
-                }
-                let cap: u32 = cap.parse().map_err(|_| bad())?;
-                let rid = match resource_names.iter().position(|n| n == name) {
-                    Some(i) => i,
-                    None => {
-                        if resource_names.len() == MAX_RESOURCES {
-                            return Err(self.err(
-                                d.resources.span(),
-                                format!("at most {MAX_RESOURCES} distinct resource names"),
-                            ));
-                        }
-                        resource_names.push(name.to_string());
-                        resource_names.len() - 1
+            skipped.extend(rows.skipped);
+            for row in rows.rows {
+                let mut names = resource_names.clone();
+                match self.destination(&row.to_file(), &destinations, &mut names) {
+                    Ok(dest) => {
+                        destinations.push(dest);
+                        resource_names = names;
                     }
-                };
-                if resources.iter().any(|&(r, _)| r == rid) {
-                    return Err(self.err(d.resources.span(), format!("destination {id}: resource {name} twice")));
+                    Err(ConfigError::At { message, .. }) | Err(ConfigError::Invalid(message)) => {
+                        skipped.push(format!("{}: {message}", row.origin))
+                    }
+                    Err(e) => skipped.push(format!("{}: {e}", row.origin)),
                 }
-                resources.push((rid, cap));
             }
-            if d.probe_mode > 2 {
-                return Err(self.err(d.id.span(), format!("destination {id}: probe_mode must be 0, 1 or 2")));
-            }
-            let weight = u32::try_from(*d.weight.get_ref())
-                .ok()
-                .filter(|w| *w <= MAX_WEIGHT)
-                .ok_or_else(|| {
-                    self.err(
-                        d.weight.span(),
-                        format!("destination {id}: weight must be in 0..={MAX_WEIGHT}"),
-                    )
-                })?;
-            let priority = i32::try_from(*d.priority.get_ref()).map_err(|_| {
-                self.err(
-                    d.priority.span(),
-                    format!("destination {id}: priority must fit in 32 bits"),
-                )
-            })?;
-            destinations.push(Destination {
-                id,
-                group: d.group,
-                uri: d.uri.get_ref().clone(),
-                addr,
-                resources,
-                probe_mode: d.probe_mode,
-                weight,
-                priority,
-                attrs: d.attrs.clone(),
-                description: d.description.clone(),
-                disabled: d.disabled,
-            });
         }
 
         let mut rules = Vec::new();
@@ -1230,6 +1296,7 @@ impl Validator<'_> {
             destinations,
             resource_names,
             rules,
+            skipped,
         })
     }
 }
@@ -1332,6 +1399,62 @@ mod tests {
             "{base}[[destinations]]\nid = 1\ngroup = 2\nuri = \"sip:127.0.0.1:5081\"\npriority = 9999999999\n"
         ));
         assert_eq!(line, 7, "{msg}");
+    }
+
+    #[test]
+    fn destinations_from_a_dbtext_source_bad_rows_skipped() {
+        let dir = std::env::temp_dir().join(format!("siplb-config-dbtext-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(
+            dir.join("db/load_balancer"),
+            "id(int,auto) group_id(int) dst_uri(string) resources(string) probe_mode(int) description(string)\n\
+             2:1:sip\\:127.0.0.1\\:5082:pstn=10:0:ok\n\
+             3:1:sip\\:gw.example.com:pstn=10:0:not an IP\n\
+             1:1:sip\\:127.0.0.1\\:5083:pstn=10:0:id taken by the TOML one\n\
+             4:1:sip\\:127.0.0.1\\:5084:pstn=x:0:bad capacity\n\
+             5:1:sip\\:127.0.0.1\\:5085:vm=3:0:ok\n",
+        )
+        .unwrap();
+        let path = dir.join("siplb.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = [\"127.0.0.1:5060\"]\n\
+             [[destinations]]\nid = 1\ngroup = 1\nuri = \"sip:127.0.0.1:5081\"\nresources = \"pstn=1\"\n\
+             [[sources]]\ndb_url = \"text://db\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        let ids: Vec<u32> = c.destinations.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![1, 2, 5]);
+        assert_eq!(c.resource_names, vec!["pstn".to_string(), "vm".to_string()]);
+        assert_eq!(c.skipped.len(), 3, "{:?}", c.skipped);
+        assert!(
+            c.skipped[0].contains("load_balancer: line 3: destination 3: uri"),
+            "{:?}",
+            c.skipped
+        );
+        assert!(
+            c.skipped[1].contains("line 4: destination id 1 is used twice"),
+            "{:?}",
+            c.skipped
+        );
+        assert!(
+            c.skipped[2].contains("line 5: destination 4: bad resource"),
+            "{:?}",
+            c.skipped
+        );
+        // A source that cannot be read rejects the file, naming its line.
+        std::fs::write(
+            &path,
+            "[server]\nlisten = [\"127.0.0.1:5060\"]\n[[sources]]\ndb_url = \"text://nowhere\"\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("siplb.toml: line 4: source text://nowhere: cannot read"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -65,13 +65,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { file }) = &cli.command {
         match siplb::config::Config::load(file) {
             Ok(c) => {
+                for s in &c.skipped {
+                    println!("skipped: {s}");
+                }
                 println!(
-                    "{}: ok ({} listen address(es), {} worker(s), {} destination(s), {} rule(s))",
+                    "{}: ok ({} listen address(es), {} worker(s), {} destination(s), {} rule(s), {} row(s) skipped)",
                     file.display(),
                     c.listen.len(),
                     c.workers,
                     c.destinations.len(),
-                    c.rules.len()
+                    c.rules.len(),
+                    c.skipped.len()
                 );
                 return Ok(());
             }
@@ -103,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    for s in &config.skipped {
+        tracing::warn!(row = %s, "destination row skipped");
+    }
     install_signal_handlers();
     let live = Arc::new(siplb::reload::Live::new(config.clone(), Some(path.clone())));
     let runtime = siplb::runtime::Runtime::start_live(live.clone()).context("starting workers")?;

@@ -134,7 +134,7 @@ impl Live {
             destinations: config.destinations.len(),
             rules: config.rules.len(),
             report,
-            skipped: Vec::new(),
+            skipped: config.skipped.clone(),
             not_reloaded,
         };
         self.current.store(Arc::new(Snapshot {

@@ -101,6 +101,25 @@ pub struct Row {
     pub disabled: bool,
 }
 
+impl Row {
+    /// The row as a `[[destinations]]` entry, for the same validation.
+    pub fn to_file(&self) -> crate::config::DestinationFile {
+        use toml::Spanned;
+        crate::config::DestinationFile {
+            id: Spanned::new(0..0, self.id),
+            group: self.group,
+            uri: Spanned::new(0..0, self.uri.clone()),
+            resources: Spanned::new(0..0, self.resources.clone()),
+            probe_mode: self.probe_mode,
+            weight: Spanned::new(0..0, self.weight),
+            priority: Spanned::new(0..0, self.priority),
+            attrs: self.attrs.clone(),
+            description: self.description.clone(),
+            disabled: self.disabled,
+        }
+    }
+}
+
 /// What a source gave: good rows, and bad ones as messages.
 #[derive(Debug, Default)]
 pub struct Rows {
