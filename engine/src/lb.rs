@@ -416,6 +416,15 @@ impl Table {
                 }
             }
         }
+        for &i in &self.order {
+            if slots[usize::from(i)].as_ref().is_some_and(|s| s.retired) {
+                let d = &self.dests[usize::from(i)];
+                report.removed.push(d.config.id);
+                if d.total_load() > 0 {
+                    report.draining.push(d.config.id);
+                }
+            }
+        }
         // New destinations take free retired slots (no load left) or new ones.
         let mut fresh = fresh.into_iter();
         for o in order.iter_mut().filter(|o| **o == u16::MAX) {
@@ -439,15 +448,6 @@ impl Table {
             };
             *o = i as u16;
             report.added.push(d.id);
-        }
-        for &i in &self.order {
-            let d = &self.dests[usize::from(i)];
-            if slots[usize::from(i)].as_ref().is_some_and(|s| s.retired) {
-                report.removed.push(d.config.id);
-                if d.total_load() > 0 {
-                    report.draining.push(d.config.id);
-                }
-            }
         }
         let table = Table {
             dests: slots.into_iter().flatten().collect(),

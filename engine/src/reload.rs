@@ -5,7 +5,9 @@
 //! `ArcSwap`, plus a generation counter. Workers never lock: once per loop
 //! turn each reads the generation (one relaxed atomic load) and, when it
 //! moved, takes the new snapshot and hands it to its proxy
-//! (`Proxy::reload`). The admin thread (`lb_reload`, `ds_reload`) and the
+//! (`Proxy::reload`). Workers do that right after waking, before handling
+//! what woke them, so a request sent after a reload was acknowledged is
+//! routed by the new snapshot. The admin thread (`lb_reload`, `ds_reload`) and the
 //! main thread (SIGHUP) call [`Live::reload`]; reloads are serialised by a
 //! mutex that only they take.
 //!

@@ -278,6 +278,7 @@ impl Worker {
             let s = self.live.snapshot();
             self.proxy.reload(s.config.clone(), s.table.clone());
             self.generation = g;
+            tracing::debug!(worker = self.index, generation = g, "new configuration picked up");
         }
     }
 
@@ -314,7 +315,6 @@ impl Worker {
         // One byte more than the limit, so oversized datagrams are seen as such.
         let mut batch = udp::RecvBatch::new(BATCH, self.max_message + 1);
         while !self.stop.load(Ordering::Relaxed) {
-            self.pick_up();
             let now = Instant::now();
             let wait = self
                 .proxy
@@ -325,6 +325,9 @@ impl Worker {
                 })
                 .min(Duration::from_millis(100));
             let n = epoll.wait(&mut events, wait)?;
+            // After the wait: what woke us is handled with the newest
+            // snapshot (a reload acknowledged before it was sent applies).
+            self.pick_up();
             for ev in &events[..n] {
                 let token = ev.u64;
                 if token == WAKE_TOKEN {
@@ -387,7 +390,6 @@ impl Worker {
         let internal_index = self.publics.len();
         let waker = self.wakers[self.index].clone();
         while !self.stop.load(Ordering::Relaxed) {
-            self.pick_up();
             let now = Instant::now();
             let wait = self
                 .proxy
@@ -397,6 +399,7 @@ impl Worker {
                 })
                 .min(Duration::from_millis(100));
             ring.wait(wait)?;
+            self.pick_up();
             let now = Instant::now();
             let send_errors = ring.dispatch(|ev| match ev {
                 uring::Event::Datagram {

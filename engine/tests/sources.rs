@@ -1,0 +1,180 @@
+//! Destinations from OpenSIPS tables: a dbtext file and a MariaDB/MySQL
+//! database, loaded at start and again by `lb_reload`, with bad rows
+//! skipped and reported.
+//!
+//! The database test needs a server: `SIPLB_TEST_MYSQL_URL` (default
+//! `mysql://siplb:siplb@127.0.0.1:3306/siplb_test`, what `.ci/mariadb`
+//! sets up). Without one it says so and skips. Ports: bases 17200-17990
+//! plus `SIPLB_TEST_PORT_OFFSET`.
+
+mod harness;
+
+use harness::*;
+use serde_json::json;
+
+fn ids(lb: &Siplb) -> Vec<(u64, u64)> {
+    lb.list().iter().map(|d| (d.0, d.2)).collect()
+}
+
+#[test]
+fn dbtext_source_loads_skips_bad_rows_and_reloads() {
+    let base = port(17200);
+    let dir = workdir("dbtext");
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    let header = "id(int,auto) group_id(int) dst_uri(string) resources(string) probe_mode(int) description(string)\n";
+    let table = dir.join("db/load_balancer");
+    std::fs::write(
+        &table,
+        format!(
+            "{header}1:1:sip\\:127.0.0.1\\:{}:pstn=10:0:one\n\
+             2:1:sip\\:gw.example.com:pstn=10:0:a host name\n\
+             3:1:sip\\:127.0.0.1\\:{}:pstn=20:0:three\n",
+            base + 11,
+            base + 13
+        ),
+    )
+    .unwrap();
+    let text = format!("{}[[sources]]\ndb_url = \"text://db\"\n", config(base, &[]));
+    let lb = Siplb::start("dbtext", base, &text);
+    assert_eq!(ids(&lb), vec![(1, 10), (3, 20)]);
+    let log = lb.log();
+    assert!(
+        log.contains("load_balancer: line 3: destination 2: uri"),
+        "the bad row is reported with its line: {log}"
+    );
+
+    // Edit the table: 1 resized, 3 removed, 4 added; lb_reload applies it.
+    std::fs::write(
+        &table,
+        format!(
+            "{header}1:1:sip\\:127.0.0.1\\:{}:pstn=15:0:one\n\
+             4:1:sip\\:127.0.0.1\\:{}:pstn=5:0:four\n\
+             5:1:sip\\:127.0.0.1\\:{}:pstn=5\n",
+            base + 11,
+            base + 14,
+            base + 15
+        ),
+    )
+    .unwrap();
+    let r = lb.result("lb_reload");
+    assert_eq!(r["kept"], json!([1]), "{r}");
+    assert_eq!(r["added"], json!([4]), "{r}");
+    assert_eq!(r["removed"], json!([3]), "{r}");
+    assert!(r["skipped"][0].as_str().unwrap().contains("line 4: 4 fields"), "{r}");
+    assert_eq!(ids(&lb), vec![(1, 15), (4, 5)]);
+
+    // check-config reads the same source and lists the skipped row.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_siplb"))
+        .arg("check-config")
+        .arg(&lb.path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("skipped: ") && out.contains("2 destination(s)"), "{out}");
+}
+
+/// A connection to the test database, or `None` (with a message) when no
+/// server answers.
+fn database() -> Option<(String, mysql::Conn)> {
+    let url = std::env::var("SIPLB_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://siplb:siplb@127.0.0.1:3306/siplb_test".into());
+    let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url).ok()?)
+        .tcp_connect_timeout(Some(std::time::Duration::from_secs(3)));
+    match mysql::Conn::new(opts) {
+        Ok(c) => Some((url, c)),
+        Err(e) => {
+            eprintln!("skipping: no MariaDB/MySQL at {url} ({e}); run .ci/mariadb as root to set one up");
+            None
+        }
+    }
+}
+
+/// Drops the test's table however the test ends.
+struct Table<'c> {
+    conn: &'c mut mysql::Conn,
+    name: String,
+}
+
+impl Table<'_> {
+    fn exec(&mut self, sql: &str) {
+        use mysql::prelude::Queryable;
+        let sql = sql.replace("TABLE_NAME", &self.name);
+        self.conn.query_drop(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for Table<'_> {
+    fn drop(&mut self) {
+        use mysql::prelude::Queryable;
+        let _ = self.conn.query_drop(format!("DROP TABLE IF EXISTS {}", self.name));
+    }
+}
+
+#[test]
+fn mysql_source_loads_and_reloads_after_inserts_and_deletes() {
+    let Some((url, mut conn)) = database() else {
+        return;
+    };
+    let base = port(17300);
+    // One table per process: several checkouts may run this at once.
+    let mut t = Table {
+        conn: &mut conn,
+        name: format!("load_balancer_t{}", std::process::id()),
+    };
+    t.exec("DROP TABLE IF EXISTS TABLE_NAME");
+    // OpenSIPS's load_balancer table (MySQL schema, version 3).
+    t.exec(
+        "CREATE TABLE TABLE_NAME (
+            id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+            group_id INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+            dst_uri CHAR(128) NOT NULL,
+            resources CHAR(255) NOT NULL,
+            probe_mode INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+            attrs CHAR(255) DEFAULT NULL,
+            description CHAR(128) DEFAULT NULL
+        ) ENGINE=InnoDB",
+    );
+    t.exec(&format!(
+        "INSERT INTO TABLE_NAME (id, group_id, dst_uri, resources, probe_mode, description) VALUES
+            (1, 1, 'sip:127.0.0.1:{}', 'pstn=10', 0, 'one'),
+            (2, 1, 'sip:127.0.0.1:{}', 'pstn=20;vm=5', 0, 'two'),
+            (3, 1, 'sip:127.0.0.1:{}', 'pstn=ten', 0, 'bad capacity')",
+        base + 11,
+        base + 12,
+        base + 13
+    ));
+    let text = format!(
+        "{}[[sources]]\ndb_url = \"{url}\"\ntable = \"{}\"\n",
+        config(base, &[]),
+        t.name
+    );
+    let lb = Siplb::start("mysql", base, &text);
+    assert_eq!(ids(&lb), vec![(1, 10), (2, 20)]);
+    assert!(
+        lb.log()
+            .contains(&format!("table {} row 3 (id 3): destination 3: bad resource", t.name)),
+        "the bad row is reported with its row and id: {}",
+        lb.log()
+    );
+    assert!(!lb.log().contains(":siplb@"), "the password never shows in the log");
+
+    t.exec(&format!(
+        "INSERT INTO TABLE_NAME (id, group_id, dst_uri, resources) VALUES (4, 1, 'sip:127.0.0.1:{}', 'pstn=4')",
+        base + 14
+    ));
+    t.exec("DELETE FROM TABLE_NAME WHERE id IN (2, 3)");
+    t.exec("UPDATE TABLE_NAME SET resources = 'pstn=12' WHERE id = 1");
+    let r = lb.result("lb_reload");
+    assert_eq!(r["kept"], json!([1]), "{r}");
+    assert_eq!(r["added"], json!([4]), "{r}");
+    assert_eq!(r["removed"], json!([2]), "{r}");
+    assert_eq!(r["skipped"], json!([]), "{r}");
+    assert_eq!(ids(&lb), vec![(1, 12), (4, 4)]);
+
+    // The database going away makes reload fail; the running table stays.
+    t.exec("DROP TABLE TABLE_NAME");
+    let r = lb.rpc("lb_reload", json!([])).unwrap();
+    let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.contains("reload refused") && msg.contains(&t.name), "{r}");
+    assert_eq!(ids(&lb), vec![(1, 12), (4, 4)]);
+}
