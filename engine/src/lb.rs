@@ -190,9 +190,11 @@ impl Counter {
     }
 }
 
-/// Status of a destination that survives reloads (shared by the snapshots).
+/// What a destination keeps across reloads besides its counters, shared by
+/// the snapshots that hold it: its status (and whatever else must survive
+/// a reload that keeps the destination: health, per-destination counts).
 #[derive(Debug)]
-struct Status {
+struct Kept {
     enabled: AtomicBool,
 }
 
@@ -204,7 +206,7 @@ pub struct DestState {
     /// Counter per resource id (`None` when not offered); shared with the
     /// same destination in other snapshots.
     counters: Vec<Option<Arc<Counter>>>,
-    status: Arc<Status>,
+    kept: Arc<Kept>,
     generation: u16,
     retired: bool,
 }
@@ -223,7 +225,7 @@ impl DestState {
         DestState {
             config: config.clone(),
             counters,
-            status: Arc::new(Status {
+            kept: Arc::new(Kept {
                 enabled: AtomicBool::new(!config.disabled),
             }),
             generation,
@@ -254,7 +256,7 @@ impl DestState {
         DestState {
             config: config.clone(),
             counters,
-            status: self.status.clone(),
+            kept: self.kept.clone(),
             generation: self.generation,
             retired: false,
         }
@@ -265,7 +267,7 @@ impl DestState {
         DestState {
             config: self.config.clone(),
             counters: self.counters.clone(),
-            status: self.status.clone(),
+            kept: self.kept.clone(),
             generation: self.generation,
             retired: true,
         }
@@ -290,12 +292,12 @@ impl DestState {
     /// True when enabled (neither disabled by config, admin, nor failure)
     /// and not retired.
     pub fn enabled(&self) -> bool {
-        !self.retired && self.status.enabled.load(Ordering::Relaxed)
+        !self.retired && self.kept.enabled.load(Ordering::Relaxed)
     }
 
     /// Enables or disables.
     pub fn set_enabled(&self, on: bool) {
-        self.status.enabled.store(on, Ordering::Relaxed);
+        self.kept.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Its address.
