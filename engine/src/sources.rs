@@ -6,7 +6,9 @@
 //! - `text:///var/lib/siplb/dbtext` (or `text://relative/dir`, relative to
 //!   the configuration file's directory): the table is the file of that
 //!   name in the directory, in OpenSIPS's db_text layout;
-//! - `mysql://user:password@host[:port]/database`: MySQL or MariaDB.
+//! - `mysql://user:password@host[:port]/database`: MySQL or MariaDB;
+//! - `postgres://user:password@host[:port]/database` (or `postgresql://`):
+//!   PostgreSQL.
 //!
 //! The layout is recognised from the columns: `dst_uri` means
 //! `load_balancer` (id, group_id, dst_uri, resources, probe_mode, attrs,
@@ -51,8 +53,8 @@ pub enum SourceError {
         /// What is wrong.
         message: String,
     },
-    /// The database could not be queried.
-    #[error("{url}: {message}")]
+    /// The database could not be queried (the caller names the source).
+    #[error("{message}")]
     Database {
         /// The URL, password hidden.
         url: String,
@@ -147,8 +149,11 @@ pub fn read(db_url: &str, table: &str, base: Option<&Path>) -> Result<Rows, Sour
     if db_url.starts_with("mysql://") {
         return read_mysql(db_url, table);
     }
+    if db_url.starts_with("postgres://") || db_url.starts_with("postgresql://") {
+        return read_postgres(db_url, table);
+    }
     Err(SourceError::Invalid(format!(
-        "db_url {:?}: expected text://DIR or mysql://USER:PASSWORD@HOST[:PORT]/DB",
+        "db_url {:?}: expected text://DIR, mysql://USER:PASSWORD@HOST[:PORT]/DB or postgres://USER:PASSWORD@HOST[:PORT]/DB",
         hide_password(db_url)
     )))
 }
@@ -379,13 +384,22 @@ fn read_mysql(url: &str, table: &str) -> Result<Rows, SourceError> {
     })?;
     let records = result
         .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let fields: Vec<(String, Option<String>)> = columns
+        .map(|row| {
+            columns
                 .iter()
                 .enumerate()
                 .map(|(c, name)| (name.clone(), row.as_ref(c).and_then(mysql_text)))
-                .collect();
+                .collect()
+        })
+        .collect();
+    Ok(to_rows(numbered(table, records), layout))
+}
+
+/// SQL rows as records named `table T row N (id I)`.
+fn numbered(table: &str, rows: Vec<Vec<(String, Option<String>)>>) -> Vec<Record> {
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, fields)| {
             let id = fields
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case("id"))
@@ -396,8 +410,49 @@ fn read_mysql(url: &str, table: &str) -> Result<Rows, SourceError> {
                 fields,
             }
         })
-        .collect();
-    Ok(to_rows(records, layout))
+        .collect()
+}
+
+/// Reads a table from PostgreSQL (simple query protocol: every value as text).
+fn read_postgres(url: &str, table: &str) -> Result<Rows, SourceError> {
+    use std::str::FromStr;
+    let db_err = |e: postgres::Error| SourceError::Database {
+        url: hide_password(url),
+        // The server's own words ("relation ... does not exist") when it sent some.
+        message: match e.as_db_error() {
+            Some(d) => format!("{}: {}", d.severity(), d.message()),
+            None => e.to_string(),
+        },
+    };
+    let mut config = postgres::Config::from_str(url).map_err(db_err)?;
+    config.connect_timeout(std::time::Duration::from_secs(5));
+    let mut client = config.connect(postgres::NoTls).map_err(db_err)?;
+    let messages = client
+        .simple_query(&format!("SELECT * FROM \"{table}\" ORDER BY id"))
+        .map_err(db_err)?;
+    let mut columns: Option<Vec<String>> = None;
+    let mut records = Vec::new();
+    for m in messages {
+        let postgres::SimpleQueryMessage::Row(row) = m else {
+            continue;
+        };
+        let cols = columns.get_or_insert_with(|| row.columns().iter().map(|c| c.name().to_string()).collect());
+        let fields: Vec<(String, Option<String>)> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), row.get(i).map(str::to_string)))
+            .collect();
+        records.push(fields);
+    }
+    let Some(columns) = columns else {
+        return Ok(Rows::default());
+    };
+    let layout = layout_of(columns.iter().map(String::as_str)).ok_or_else(|| {
+        SourceError::Invalid(format!(
+            "table {table}: neither a dst_uri (load_balancer) nor a destination (dispatcher) column"
+        ))
+    })?;
+    Ok(to_rows(numbered(table, records), layout))
 }
 
 fn mysql_text(v: &mysql::Value) -> Option<String> {

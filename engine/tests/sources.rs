@@ -2,10 +2,12 @@
 //! database, loaded at start and again by `lb_reload`, with bad rows
 //! skipped and reported.
 //!
-//! The database test needs a server: `SIPLB_TEST_MYSQL_URL` (default
+//! The database tests need servers: `SIPLB_TEST_MYSQL_URL` (default
 //! `mysql://siplb:siplb@127.0.0.1:3306/siplb_test`, what `.ci/mariadb`
-//! sets up). Without one it says so and skips. Ports: bases 17200-17990
-//! plus `SIPLB_TEST_PORT_OFFSET`.
+//! sets up) and `SIPLB_TEST_POSTGRES_URL` (default
+//! `postgres://siplb:siplb@127.0.0.1:5432/siplb_test`, `.ci/postgres`).
+//! Without one the test says so and skips. Ports: bases 17200-17990 plus
+//! `SIPLB_TEST_PORT_OFFSET`.
 
 mod harness;
 
@@ -73,15 +75,30 @@ fn dbtext_source_loads_skips_bad_rows_and_reloads() {
     assert!(out.contains("skipped: ") && out.contains("2 destination(s)"), "{out}");
 }
 
-/// A connection to the test database, or `None` (with a message) when no
-/// server answers.
-fn database() -> Option<(String, mysql::Conn)> {
+/// A test database: MySQL/MariaDB or PostgreSQL.
+enum Db {
+    My(mysql::Conn),
+    Pg(postgres::Client),
+}
+
+impl Db {
+    fn exec(&mut self, sql: &str) -> Result<(), String> {
+        match self {
+            Db::My(c) => mysql::prelude::Queryable::query_drop(c, sql).map_err(|e| e.to_string()),
+            Db::Pg(c) => c.batch_execute(sql).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// A connection to the MySQL test database, or `None` (with a message)
+/// when no server answers.
+fn mysql() -> Option<(String, Db)> {
     let url = std::env::var("SIPLB_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://siplb:siplb@127.0.0.1:3306/siplb_test".into());
     let opts = mysql::OptsBuilder::from_opts(mysql::Opts::from_url(&url).ok()?)
         .tcp_connect_timeout(Some(std::time::Duration::from_secs(3)));
     match mysql::Conn::new(opts) {
-        Ok(c) => Some((url, c)),
+        Ok(c) => Some((url, Db::My(c))),
         Err(e) => {
             eprintln!("skipping: no MariaDB/MySQL at {url} ({e}); run .ci/mariadb as root to set one up");
             None
@@ -89,51 +106,85 @@ fn database() -> Option<(String, mysql::Conn)> {
     }
 }
 
-/// Drops the test's table however the test ends.
-struct Table<'c> {
-    conn: &'c mut mysql::Conn,
-    name: String,
-}
-
-impl Table<'_> {
-    fn exec(&mut self, sql: &str) {
-        use mysql::prelude::Queryable;
-        let sql = sql.replace("TABLE_NAME", &self.name);
-        self.conn.query_drop(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+/// A connection to the PostgreSQL test database, or `None` (with a message).
+fn postgres() -> Option<(String, Db)> {
+    use std::str::FromStr;
+    let url = std::env::var("SIPLB_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://siplb:siplb@127.0.0.1:5432/siplb_test".into());
+    let mut config = postgres::Config::from_str(&url).ok()?;
+    config.connect_timeout(std::time::Duration::from_secs(3));
+    match config.connect(postgres::NoTls) {
+        Ok(c) => Some((url, Db::Pg(c))),
+        Err(e) => {
+            eprintln!("skipping: no PostgreSQL at {url} ({e}); run .ci/postgres as root to set one up");
+            None
+        }
     }
 }
 
-impl Drop for Table<'_> {
+/// Drops the test's table however the test ends.
+struct Table {
+    db: Db,
+    name: String,
+}
+
+impl Table {
+    fn exec(&mut self, sql: &str) {
+        let sql = sql.replace("TABLE_NAME", &self.name);
+        self.db.exec(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for Table {
     fn drop(&mut self) {
-        use mysql::prelude::Queryable;
-        let _ = self.conn.query_drop(format!("DROP TABLE IF EXISTS {}", self.name));
+        let _ = self.db.exec(&format!("DROP TABLE IF EXISTS {}", self.name));
+    }
+}
+
+/// OpenSIPS's load_balancer table, MySQL schema (version 3).
+const MYSQL_TABLE: &str = "CREATE TABLE TABLE_NAME (
+    id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    group_id INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    dst_uri CHAR(128) NOT NULL,
+    resources CHAR(255) NOT NULL,
+    probe_mode INT(11) UNSIGNED DEFAULT 0 NOT NULL,
+    attrs CHAR(255) DEFAULT NULL,
+    description CHAR(128) DEFAULT NULL
+) ENGINE=InnoDB";
+
+/// The same, PostgreSQL schema.
+const POSTGRES_TABLE: &str = "CREATE TABLE TABLE_NAME (
+    id SERIAL PRIMARY KEY NOT NULL,
+    group_id INTEGER DEFAULT 0 NOT NULL,
+    dst_uri VARCHAR(128) NOT NULL,
+    resources VARCHAR(255) NOT NULL,
+    probe_mode INTEGER DEFAULT 0 NOT NULL,
+    attrs VARCHAR(255) DEFAULT NULL,
+    description VARCHAR(128) DEFAULT NULL
+)";
+
+#[test]
+fn mysql_source_loads_and_reloads_after_inserts_and_deletes() {
+    if let Some((url, db)) = mysql() {
+        db_source(url, db, MYSQL_TABLE, "mysql", port(17300));
     }
 }
 
 #[test]
-fn mysql_source_loads_and_reloads_after_inserts_and_deletes() {
-    let Some((url, mut conn)) = database() else {
-        return;
-    };
-    let base = port(17300);
+fn postgres_source_loads_and_reloads_after_inserts_and_deletes() {
+    if let Some((url, db)) = postgres() {
+        db_source(url, db, POSTGRES_TABLE, "postgres", port(17400));
+    }
+}
+
+fn db_source(url: String, db: Db, create: &str, name: &str, base: u16) {
     // One table per process: several checkouts may run this at once.
     let mut t = Table {
-        conn: &mut conn,
+        db,
         name: format!("load_balancer_t{}", std::process::id()),
     };
     t.exec("DROP TABLE IF EXISTS TABLE_NAME");
-    // OpenSIPS's load_balancer table (MySQL schema, version 3).
-    t.exec(
-        "CREATE TABLE TABLE_NAME (
-            id INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
-            group_id INT(11) UNSIGNED DEFAULT 0 NOT NULL,
-            dst_uri CHAR(128) NOT NULL,
-            resources CHAR(255) NOT NULL,
-            probe_mode INT(11) UNSIGNED DEFAULT 0 NOT NULL,
-            attrs CHAR(255) DEFAULT NULL,
-            description CHAR(128) DEFAULT NULL
-        ) ENGINE=InnoDB",
-    );
+    t.exec(create);
     t.exec(&format!(
         "INSERT INTO TABLE_NAME (id, group_id, dst_uri, resources, probe_mode, description) VALUES
             (1, 1, 'sip:127.0.0.1:{}', 'pstn=10', 0, 'one'),
@@ -148,7 +199,7 @@ fn mysql_source_loads_and_reloads_after_inserts_and_deletes() {
         config(base, &[]),
         t.name
     );
-    let lb = Siplb::start("mysql", base, &text);
+    let lb = Siplb::start(name, base, &text);
     assert_eq!(ids(&lb), vec![(1, 10), (2, 20)]);
     assert!(
         lb.log()
@@ -171,7 +222,7 @@ fn mysql_source_loads_and_reloads_after_inserts_and_deletes() {
     assert_eq!(r["skipped"], json!([]), "{r}");
     assert_eq!(ids(&lb), vec![(1, 12), (4, 4)]);
 
-    // The database going away makes reload fail; the running table stays.
+    // The table going away makes reload fail; the running table stays.
     t.exec("DROP TABLE TABLE_NAME");
     let r = lb.rpc("lb_reload", json!([])).unwrap();
     let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
