@@ -78,7 +78,7 @@ fn dbtext_source_loads_skips_bad_rows_and_reloads() {
 /// A test database: MySQL/MariaDB or PostgreSQL.
 enum Db {
     My(mysql::Conn),
-    Pg(postgres::Client),
+    Pg(Box<postgres::Client>),
 }
 
 impl Db {
@@ -114,7 +114,7 @@ fn postgres() -> Option<(String, Db)> {
     let mut config = postgres::Config::from_str(&url).ok()?;
     config.connect_timeout(std::time::Duration::from_secs(3));
     match config.connect(postgres::NoTls) {
-        Ok(c) => Some((url, Db::Pg(c))),
+        Ok(c) => Some((url, Db::Pg(Box::new(c)))),
         Err(e) => {
             eprintln!("skipping: no PostgreSQL at {url} ({e}); run .ci/postgres as root to set one up");
             None
