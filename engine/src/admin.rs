@@ -22,12 +22,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
 use crate::core::Stats;
-use crate::lb::Table;
+use crate::lb::{DestState, Reason, Table};
 
 /// What the admin thread can see.
 #[derive(Clone)]
@@ -36,6 +36,8 @@ pub struct View {
     pub table: Arc<Table>,
     /// Per-worker statistics.
     pub stats: Vec<Arc<Stats>>,
+    /// When siplb started (`uptime`, `siplb_uptime_seconds`).
+    pub started: Instant,
 }
 
 const COMMANDS: &[&str] = &[
@@ -123,12 +125,9 @@ pub fn handle(body: &str, view: &View) -> Value {
             match param(&params, 1, "new_status") {
                 None => json!({"enable": if d.enabled() { "yes" } else { "no" }}),
                 Some(v) => match v.as_str() {
-                    "0" => {
-                        d.set_enabled(false);
-                        json!("OK")
-                    }
-                    "1" => {
-                        d.set_enabled(true);
+                    // An operator's status is sticky: probing does not undo it.
+                    "0" | "1" => {
+                        d.set_status(v == "1", Reason::Admin, None, Some(Instant::now()));
                         json!("OK")
                     }
                     _ => return error(id, -32602, "Invalid params"),
@@ -214,22 +213,77 @@ pub fn lb_list(view: &View) -> Value {
                 })
                 .collect();
             // OpenSIPS's keys: uri, id, group, enabled, auto-reenable
-            // ("off" for a destination disabled by hand), Resources, attrs.
+            // ("off" for a destination disabled by hand), Resources, attrs;
+            // then siplb's status fields.
             let mut item = json!({
                 "uri": d.config.uri,
                 "id": d.config.id,
                 "group": d.config.group,
                 "enabled": if d.enabled() { "yes" } else { "no" },
-                "auto-reenable": if d.config.disabled { "off" } else { "on" },
+                "auto-reenable": if d.status().sticky() { "off" } else { "on" },
                 "Resources": resources,
             });
             if !d.config.attrs.is_empty() {
                 item["attrs"] = json!(d.config.attrs);
             }
+            if let (Value::Object(o), Value::Object(extra)) = (&mut item, status_fields(d)) {
+                o.extend(extra);
+            }
             item
         })
         .collect();
     json!({ "Destinations": dests })
+}
+
+/// A destination's status for listings (`lb_list`, `ds_list`): `reason`
+/// of the last change (`config`, `admin`, `probe`, `call_failure`),
+/// `last_change` (UTC, RFC 3339; `null` when unchanged since loaded),
+/// `last_code` (the reply code behind it, 408 for a timeout),
+/// `probe_mode`, and `last_probe` (`"ok 200"`, `"failed 503"`,
+/// `"timeout"`) once probed.
+pub fn status_fields(d: &DestState) -> Value {
+    let s = d.status();
+    let probe = d.last_probe().map(|r| match r {
+        crate::lb::ProbeResult::Ok(c) => format!("ok {c}"),
+        crate::lb::ProbeResult::Failed(c) => format!("failed {c}"),
+        crate::lb::ProbeResult::Timeout => "timeout".to_string(),
+    });
+    json!({
+        "reason": s.reason.as_str(),
+        "last_change": s.since.map(|t| rfc3339(wall_clock(t))),
+        "last_code": s.code,
+        "probe_mode": d.config.probe_mode,
+        "last_probe": probe,
+    })
+}
+
+/// The wall-clock time of an `Instant` in the past.
+pub fn wall_clock(t: Instant) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(Instant::now().saturating_duration_since(t))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// `2026-11-22T03:10:42Z` (UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn qualified(name: &str) -> String {
@@ -260,32 +314,9 @@ pub fn statistics(view: &View, wanted: &[String]) -> Value {
     Value::Object(out)
 }
 
-/// Prometheus text exposition of the counters and loads.
+/// Prometheus text exposition (see [`crate::metrics`]).
 pub fn metrics(view: &View) -> String {
-    let mut s = String::new();
-    for (name, v) in crate::runtime::sum_stats(&view.stats) {
-        s.push_str(&format!("siplb_{name} {v}\n"));
-    }
-    let names = view.table.resource_names();
-    for d in view.table.destinations() {
-        for &(rid, _) in &d.config.resources {
-            if let (Some(c), Some(r)) = (d.counter(rid), names.get(rid)) {
-                let labels = format!(
-                    "group=\"{}\",destination=\"{}\",resource=\"{r}\"",
-                    d.config.group, d.config.id
-                );
-                s.push_str(&format!("siplb_destination_load{{{labels}}} {}\n", c.load()));
-                s.push_str(&format!("siplb_destination_capacity{{{labels}}} {}\n", c.capacity()));
-            }
-        }
-        s.push_str(&format!(
-            "siplb_destination_enabled{{group=\"{}\",destination=\"{}\"}} {}\n",
-            d.config.group,
-            d.config.id,
-            u8::from(d.enabled())
-        ));
-    }
-    s
+    crate::metrics::render(&view.table, &view.stats, view.started)
 }
 
 #[cfg(test)]
@@ -298,6 +329,7 @@ mod tests {
         View {
             table: Arc::new(Table::new(&c.destinations, &c.resource_names)),
             stats: vec![Arc::new(Stats::default()), Arc::new(Stats::default())],
+            started: Instant::now(),
         }
     }
 
@@ -366,6 +398,29 @@ mod tests {
         assert_eq!(r["error"]["code"], 404);
         let r = handle(r#"{"jsonrpc":"2.0","method":"lb_status","params":["99"],"id":"1"}"#, &v);
         assert_eq!(r["error"]["code"], 404);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(t(0), "1970-01-01T00:00:00Z");
+        assert_eq!(t(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(t(1_795_316_642), "2026-11-22T03:04:02Z");
+    }
+
+    #[test]
+    fn lb_list_shows_status_reason_and_time() {
+        let v = view();
+        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_status","params":["1","0"],"id":"1"}"#, &v);
+        assert_eq!(r["result"], "OK");
+        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_list","id":"1"}"#, &v);
+        let d = &r["result"]["Destinations"][0];
+        assert_eq!(d["enabled"], "no");
+        assert_eq!(d["auto-reenable"], "off");
+        assert_eq!(d["reason"], "admin");
+        assert!(d["last_change"].as_str().unwrap().ends_with('Z'), "{d}");
+        let d = &r["result"]["Destinations"][1];
+        assert_eq!((d["reason"].as_str(), d["last_change"].is_null()), (Some("config"), true));
     }
 
     #[test]

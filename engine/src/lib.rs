@@ -11,6 +11,8 @@
 //! - [`lb`]: destinations and their lock-free load counters.
 //! - [`dispatch`]: dispatcher algorithms (hash, round-robin, weighted
 //!   random, priority, SRV), pure functions over a destination set.
+//! - [`metrics`]: the Prometheus exposition.
+//! - [`probe`]: health probing (OPTIONS), sans-IO.
 //! - [`config`]: the TOML configuration.
 
 pub mod admin;
@@ -18,6 +20,8 @@ pub mod config;
 pub mod core;
 pub mod dispatch;
 pub mod lb;
+pub mod metrics;
+pub mod probe;
 pub mod runtime;
 
 pub use siplb_parser as parser;

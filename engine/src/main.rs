@@ -97,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    let started = std::time::Instant::now();
     install_signal_handlers();
     let runtime = siplb::runtime::Runtime::start(config.clone()).context("starting workers")?;
     let admin = match config.admin {
@@ -104,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             let view = siplb::admin::View {
                 table: runtime.table.clone(),
                 stats: runtime.stats.clone(),
+                started,
             };
             Some(siplb::admin::start(addr, view, runtime.stop_flag()).with_context(|| format!("admin API on {addr}"))?)
         }
