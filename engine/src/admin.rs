@@ -411,7 +411,10 @@ mod tests {
     #[test]
     fn lb_list_shows_status_reason_and_time() {
         let v = view();
-        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_status","params":["1","0"],"id":"1"}"#, &v);
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"lb_status","params":["1","0"],"id":"1"}"#,
+            &v,
+        );
         assert_eq!(r["result"], "OK");
         let r = handle(r#"{"jsonrpc":"2.0","method":"lb_list","id":"1"}"#, &v);
         let d = &r["result"]["Destinations"][0];
@@ -420,7 +423,10 @@ mod tests {
         assert_eq!(d["reason"], "admin");
         assert!(d["last_change"].as_str().unwrap().ends_with('Z'), "{d}");
         let d = &r["result"]["Destinations"][1];
-        assert_eq!((d["reason"].as_str(), d["last_change"].is_null()), (Some("config"), true));
+        assert_eq!(
+            (d["reason"].as_str(), d["last_change"].is_null()),
+            (Some("config"), true)
+        );
     }
 
     #[test]

@@ -915,7 +915,10 @@ mod tests {
         assert_eq!(d.probe_result(ProbeResult::Timeout, 3, 2, now), None);
         let c = d.probe_result(ProbeResult::Failed(500), 3, 2, now).expect("down");
         assert!(c.old.up && !c.new.up);
-        assert_eq!((c.new.reason, c.new.code, c.new.since), (Reason::Probe, Some(500), Some(now)));
+        assert_eq!(
+            (c.new.reason, c.new.code, c.new.since),
+            (Reason::Probe, Some(500), Some(now))
+        );
         assert!(!d.enabled());
         // Back after 2 accepted probes in a row.
         assert_eq!(d.probe_result(ProbeResult::Ok(404), 3, 2, now), None);

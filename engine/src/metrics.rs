@@ -82,31 +82,111 @@ fn family_of(stat: &str) -> Option<(&'static str, Option<(&'static str, &'static
 pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ("siplb_build_info", Kind::Gauge, "Always 1; the version is a label."),
     ("siplb_uptime_seconds", Kind::Gauge, "Seconds since siplb started."),
-    ("siplb_datagrams_received_total", Kind::Counter, "Datagrams received, per worker."),
-    ("siplb_datagrams_sent_total", Kind::Counter, "Datagrams sent, per worker."),
+    (
+        "siplb_datagrams_received_total",
+        Kind::Counter,
+        "Datagrams received, per worker.",
+    ),
+    (
+        "siplb_datagrams_sent_total",
+        Kind::Counter,
+        "Datagrams sent, per worker.",
+    ),
     ("siplb_requests_received_total", Kind::Counter, "SIP requests received."),
-    ("siplb_responses_received_total", Kind::Counter, "SIP responses received."),
-    ("siplb_requests_relayed_total", Kind::Counter, "Requests relayed (first sends, not retransmissions)."),
+    (
+        "siplb_responses_received_total",
+        Kind::Counter,
+        "SIP responses received.",
+    ),
+    (
+        "siplb_requests_relayed_total",
+        Kind::Counter,
+        "Requests relayed (first sends, not retransmissions).",
+    ),
     ("siplb_responses_relayed_total", Kind::Counter, "Responses relayed."),
-    ("siplb_local_replies_total", Kind::Counter, "Replies generated locally (100 Trying excluded)."),
-    ("siplb_replies_sent_total", Kind::Counter, "Responses sent, relayed or local, by class."),
-    ("siplb_retransmissions_total", Kind::Counter, "Retransmissions sent by siplb's timers."),
-    ("siplb_retransmissions_absorbed_total", Kind::Counter, "Retransmitted requests absorbed."),
-    ("siplb_failovers_total", Kind::Counter, "Calls moved to another destination."),
+    (
+        "siplb_local_replies_total",
+        Kind::Counter,
+        "Replies generated locally (100 Trying excluded).",
+    ),
+    (
+        "siplb_replies_sent_total",
+        Kind::Counter,
+        "Responses sent, relayed or local, by class.",
+    ),
+    (
+        "siplb_retransmissions_total",
+        Kind::Counter,
+        "Retransmissions sent by siplb's timers.",
+    ),
+    (
+        "siplb_retransmissions_absorbed_total",
+        Kind::Counter,
+        "Retransmitted requests absorbed.",
+    ),
+    (
+        "siplb_failovers_total",
+        Kind::Counter,
+        "Calls moved to another destination.",
+    ),
     ("siplb_dialogs", Kind::Gauge, "Dialogs now, by state (early, active)."),
     ("siplb_dialogs_processed_total", Kind::Counter, "Dialogs created."),
-    ("siplb_dialogs_expired_total", Kind::Counter, "Dialogs ended by lifetime expiry."),
-    ("siplb_dialogs_failed_total", Kind::Counter, "Dialogs that failed before confirmation."),
+    (
+        "siplb_dialogs_expired_total",
+        Kind::Counter,
+        "Dialogs ended by lifetime expiry.",
+    ),
+    (
+        "siplb_dialogs_failed_total",
+        Kind::Counter,
+        "Dialogs that failed before confirmation.",
+    ),
     ("siplb_dropped_total", Kind::Counter, "Datagrams dropped, by reason."),
-    ("siplb_refused_total", Kind::Counter, "Requests refused with a local reply, by reason."),
-    ("siplb_handoffs_total", Kind::Counter, "Datagrams passed to their owner worker."),
-    ("siplb_destination_up", Kind::Gauge, "1 when the destination takes new calls."),
-    ("siplb_destination_load", Kind::Gauge, "Calls held on a destination's resource."),
-    ("siplb_destination_capacity", Kind::Gauge, "Capacity of a destination's resource."),
-    ("siplb_destination_calls_total", Kind::Counter, "Calls (attempts) sent to a destination."),
-    ("siplb_destination_status_changes_total", Kind::Counter, "Up/down changes, by reason."),
-    ("siplb_destination_probes_total", Kind::Counter, "Health probes, by result (ok, failed, timeout)."),
-    ("siplb_load_underflows_total", Kind::Counter, "Releases that found a zero counter (a bug if not 0)."),
+    (
+        "siplb_refused_total",
+        Kind::Counter,
+        "Requests refused with a local reply, by reason.",
+    ),
+    (
+        "siplb_handoffs_total",
+        Kind::Counter,
+        "Datagrams passed to their owner worker.",
+    ),
+    (
+        "siplb_destination_up",
+        Kind::Gauge,
+        "1 when the destination takes new calls.",
+    ),
+    (
+        "siplb_destination_load",
+        Kind::Gauge,
+        "Calls held on a destination's resource.",
+    ),
+    (
+        "siplb_destination_capacity",
+        Kind::Gauge,
+        "Capacity of a destination's resource.",
+    ),
+    (
+        "siplb_destination_calls_total",
+        Kind::Counter,
+        "Calls (attempts) sent to a destination.",
+    ),
+    (
+        "siplb_destination_status_changes_total",
+        Kind::Counter,
+        "Up/down changes, by reason.",
+    ),
+    (
+        "siplb_destination_probes_total",
+        Kind::Counter,
+        "Health probes, by result (ok, failed, timeout).",
+    ),
+    (
+        "siplb_load_underflows_total",
+        Kind::Counter,
+        "Releases that found a zero counter (a bug if not 0).",
+    ),
 ];
 
 /// Label value escaping (backslash, double quote, newline).
@@ -131,12 +211,20 @@ pub fn render(table: &Table, stats: &[std::sync::Arc<Stats>], started: Instant) 
         .collect();
     let mut push = |family: &str, kind: Kind, line: String| match samples.iter_mut().find(|f| f.0 == family) {
         Some(f) => f.3.push(line),
-        None => samples.push((family.to_string(), kind, "Undocumented worker statistic.".into(), vec![line])),
+        None => samples.push((
+            family.to_string(),
+            kind,
+            "Undocumented worker statistic.".into(),
+            vec![line],
+        )),
     };
     push(
         "siplb_build_info",
         Kind::Gauge,
-        format!("siplb_build_info{} 1", labels(&[("version", env!("CARGO_PKG_VERSION"))])),
+        format!(
+            "siplb_build_info{} 1",
+            labels(&[("version", env!("CARGO_PKG_VERSION"))])
+        ),
     );
     push(
         "siplb_uptime_seconds",
@@ -245,7 +333,10 @@ mod tests {
         let stats = vec![Arc::new(Stats::default()), Arc::new(Stats::default())];
         Stats::inc(&stats[1].replies_2xx);
         let text = render(&t, &stats, Instant::now());
-        assert!(text.contains("siplb_replies_sent_total{worker=\"1\",class=\"2xx\"} 1\n"), "{text}");
+        assert!(
+            text.contains("siplb_replies_sent_total{worker=\"1\",class=\"2xx\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("siplb_destination_load{group=\"1\",destination=\"2\",resource=\"vm\"} 0\n"));
         assert!(text.contains("# TYPE siplb_dialogs gauge\n"));
         let mut declared = Vec::new();

@@ -338,13 +338,7 @@ mod tests {
     }
 
     fn reply_to(request: &str, code: u16) -> Vec<u8> {
-        let header = |name: &str| {
-            request
-                .lines()
-                .find(|l| l.starts_with(name))
-                .unwrap()
-                .to_string()
-        };
+        let header = |name: &str| request.lines().find(|l| l.starts_with(name)).unwrap().to_string();
         format!(
             "SIP/2.0 {code} Whatever\r\n{}\r\n{}\r\n{};tag=b\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
             header("Via:"),
@@ -380,7 +374,10 @@ mod tests {
         assert_eq!(m.method(), Some(Method::Options));
         assert_eq!(m.request_uri(), Some(&b"sip:127.0.0.1:5082;transport=udp"[..]));
         assert!(text.contains("From: <sip:prober@siplb.test>;tag="), "{text}");
-        assert!(text.contains("Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK"), "{text}");
+        assert!(
+            text.contains("Via: SIP/2.0/UDP 127.0.0.1:5099;branch=z9hG4bK"),
+            "{text}"
+        );
         assert_eq!(p.pending(), 1);
         // Next round at t0 + interval; first retransmission at T1.
         assert_eq!(p.poll_timeout(), t0 + Duration::from_millis(500));
@@ -454,7 +451,10 @@ mod tests {
         p.handle_datagram(t0, first[0].0, &reply_to(&first[0].1, 200));
         let t10 = t0 + Duration::from_secs(10);
         p.handle_timeout(t10, &mut all);
-        let second: Vec<_> = sent(&mut p).into_iter().filter(|(_, m)| m.contains("CSeq: 3")).collect();
+        let second: Vec<_> = sent(&mut p)
+            .into_iter()
+            .filter(|(_, m)| m.contains("CSeq: 3"))
+            .collect();
         assert_eq!(second.len(), 1, "only target 1 gets a new probe");
         assert_eq!(second[0].0, first[0].0);
         assert_eq!(p.pending(), 2);

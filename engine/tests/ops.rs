@@ -64,7 +64,9 @@ fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
     let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         c,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n\
@@ -269,7 +271,10 @@ fn uac(name: &str, target: u16, port: u16, args: &[&str]) -> (u64, u64) {
     let header: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
     let last: Vec<&str> = lines.last().unwrap_or_default().split(';').collect();
     let col = |name: &str| -> u64 {
-        let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"));
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name}"));
         last.get(i).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
     };
     (col("SuccessfulCall(C)"), col("FailedCall(C)"))
@@ -298,7 +303,9 @@ fn probing_takes_a_stopped_backend_out_and_brings_it_back() {
         (lb.dest(1)["last_probe"] == "ok 200" && lb.dest(2)["last_probe"] == "ok 200").then_some(())
     });
     let caller = std::thread::spawn(move || uac("probing", base, base + 15, &["-m", "60", "-r", "20", "-d", "500"]));
-    wait_for(10, "calls flowing", || (lb.stat("dialog:processed_dialogs") >= 15).then_some(()));
+    wait_for(10, "calls flowing", || {
+        (lb.stat("dialog:processed_dialogs") >= 15).then_some(())
+    });
     let changes = "siplb_destination_status_changes_total{group=\"1\",destination=\"1\",reason=\"probe\"}";
     let changes_before = lb.sample(changes);
     drop(a.take());

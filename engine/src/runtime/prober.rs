@@ -61,11 +61,10 @@ pub fn start(
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), Duration::from_millis(100));
             let _ = socket.set_read_timeout(Some(wait));
-            match socket.recv_from(&mut buf) {
-                Ok((n, src)) => prober.handle_datagram(Instant::now(), src, &buf[..n]),
-                // Timeouts, and ICMP errors for earlier probes (the probe
-                // then times out, which is the failure we count).
-                Err(_) => {}
+            // Errors are timeouts, and ICMP errors for earlier probes (the
+            // probe then times out, which is the failure we count).
+            if let Ok((n, src)) = socket.recv_from(&mut buf) {
+                prober.handle_datagram(Instant::now(), src, &buf[..n]);
             }
         }
     })?;
