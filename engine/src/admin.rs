@@ -14,9 +14,19 @@
 //! - `lb_resize` / `load_balancer:resize` (`destination_id, res_name,
 //!   new_capacity`): change a capacity at run time;
 //! - `get_statistics` (`statistics` as a list of names, `group:` prefixes
-//!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`.
+//!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`;
+//! - `version`, `uptime` (OpenSIPS shapes: `Server`; `Now`, `Up since`,
+//!   `Up time`).
 //!
-//! `GET /metrics` serves the same counters in Prometheus text.
+//! Parameters come as an array (positional) or an object (named), values
+//! as strings or numbers, as opensips-cli sends them. Errors are JSON-RPC
+//! error objects whose message says which parameter is wrong and why.
+//!
+//! `GET /metrics` serves Prometheus text ([`crate::metrics`]).
+//!
+//! With `admin.token` set, every request must carry `Authorization: Bearer
+//! TOKEN`, else it gets HTTP 401 (the config refuses a non-loopback
+//! `admin.listen` without a token).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +48,8 @@ pub struct View {
     pub stats: Vec<Arc<Stats>>,
     /// When siplb started (`uptime`, `siplb_uptime_seconds`).
     pub started: Instant,
+    /// Bearer token every request must carry, if configured.
+    pub token: Option<String>,
 }
 
 const COMMANDS: &[&str] = &[
@@ -49,6 +61,8 @@ const COMMANDS: &[&str] = &[
     "lb_resize",
     "load_balancer:resize",
     "get_statistics",
+    "version",
+    "uptime",
 ];
 
 /// Starts the admin server on `addr`; it exits when `stop` is set.
@@ -70,22 +84,59 @@ pub fn start(addr: SocketAddr, view: View, stop: Arc<AtomicBool>) -> std::io::Re
     })
 }
 
+/// Largest request body read (a JSON-RPC call is a few hundred bytes).
+const MAX_BODY: u64 = 1 << 20;
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header")
+}
+
+/// True when the request carries `Authorization: Bearer TOKEN` (or no
+/// token is configured). Compared in constant time.
+fn authorized(req: &tiny_http::Request, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    req.headers()
+        .iter()
+        .filter(|h| h.field.equiv("Authorization"))
+        .filter_map(|h| h.value.as_str().strip_prefix("Bearer "))
+        .any(|given| {
+            let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        })
+}
+
 fn serve(mut req: tiny_http::Request, view: &View) {
-    let json_header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static");
+    let json_header = header("Content-Type", "application/json");
     let url = req.url().to_string();
     let method = req.method().clone();
+    if !authorized(&req, view.token.as_deref()) {
+        let body = error(
+            Value::Null,
+            -32000,
+            "Unauthorized: send Authorization: Bearer TOKEN (admin.token)",
+        );
+        let response = tiny_http::Response::from_string(body.to_string())
+            .with_status_code(401)
+            .with_header(json_header)
+            .with_header(header("WWW-Authenticate", "Bearer realm=\"siplb\""));
+        let _ = req.respond(response);
+        return;
+    }
     let response = match (method, url.as_str()) {
         (tiny_http::Method::Post, "/mi") => {
             let mut body = String::new();
-            let reply = if std::io::Read::read_to_string(&mut req.as_reader(), &mut body).is_err() {
-                error(Value::Null, -32700, "Parse error")
+            let reply = if std::io::Read::read_to_string(&mut std::io::Read::take(req.as_reader(), MAX_BODY), &mut body)
+                .is_err()
+            {
+                error(Value::Null, -32700, "Parse error: the body is not UTF-8 text")
             } else {
                 handle(&body, view)
             };
             tiny_http::Response::from_string(reply.to_string()).with_header(json_header)
         }
-        (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(metrics(view)),
-        _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+        (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(metrics(view))
+            .with_header(header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")),
+        _ => tiny_http::Response::from_string("not found: POST /mi (JSON-RPC) or GET /metrics\n").with_status_code(404),
     };
     let _ = req.respond(response);
 }
@@ -96,14 +147,22 @@ fn error(id: Value, code: i64, message: &str) -> Value {
 
 /// Handles one JSON-RPC request body; returns the response object.
 pub fn handle(body: &str, view: &View) -> Value {
-    let Ok(req) = serde_json::from_str::<Value>(body) else {
-        return error(Value::Null, -32700, "Parse error");
+    let req = match serde_json::from_str::<Value>(body) {
+        Ok(r) => r,
+        Err(e) => return error(Value::Null, -32700, &format!("Parse error: {e}")),
     };
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     let Some(method) = req.get("method").and_then(Value::as_str) else {
-        return error(id, -32600, "Invalid Request");
+        return error(id, -32600, "Invalid Request: no \"method\" string");
     };
     let params = req.get("params").cloned().unwrap_or(Value::Null);
+    if !matches!(params, Value::Null | Value::Array(_) | Value::Object(_)) {
+        return error(
+            id,
+            -32602,
+            "Invalid params: \"params\" must be an array (positional) or an object (named)",
+        );
+    }
     let result = match method {
         "which" => match params.get("command").and_then(Value::as_str) {
             Some("get_statistics") => json!([["statistics"]]),
@@ -113,42 +172,80 @@ pub fn handle(body: &str, view: &View) -> Value {
             Some("lb_resize") | Some("load_balancer:resize") => {
                 json!([["destination_id", "res_name", "new_capacity"]])
             }
+            Some("version") | Some("uptime") => json!([[]]),
             Some(c) if COMMANDS.contains(&c) => json!([[]]),
-            Some(_) => return error(id, -32601, "Method not found"),
+            Some(c) => return error(id, -32601, &format!("Method not found: {c}")),
             None => json!(COMMANDS),
         },
+        "version" => json!({
+            "Server": format!("siplb {} ({}/{})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH, std::env::consts::OS),
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+        "uptime" => {
+            let up = view.started.elapsed();
+            json!({
+                "Now": rfc3339(SystemTime::now()),
+                "Up since": rfc3339(wall_clock(view.started)),
+                "Up time": format!("{} [sec]", up.as_secs()),
+                "seconds": up.as_secs(),
+            })
+        }
         "lb_list" | "load_balancer:list" => lb_list(view),
         "lb_status" | "load_balancer:status" => {
-            let Some(d) = param(&params, 0, "destination_id").and_then(|v| destination(view, &v)) else {
-                return error(id, 404, "Destination ID not found");
+            let d = match destination_param(view, &params) {
+                Ok(d) => d,
+                Err((code, msg)) => return error(id, code, &msg),
             };
             match param(&params, 1, "new_status") {
                 None => json!({"enable": if d.enabled() { "yes" } else { "no" }}),
-                Some(v) => match v.as_str() {
+                Some(v) => match v.trim() {
                     // An operator's status is sticky: probing does not undo it.
                     "0" | "1" => {
-                        d.set_status(v == "1", Reason::Admin, None, Some(Instant::now()));
+                        d.set_status(v.trim() == "1", Reason::Admin, None, Some(Instant::now()));
                         json!("OK")
                     }
-                    _ => return error(id, -32602, "Invalid params"),
+                    _ => {
+                        return error(
+                            id,
+                            -32602,
+                            &format!("Invalid params: new_status must be 0 (disable) or 1 (enable), not {v:?}"),
+                        )
+                    }
                 },
             }
         }
         "lb_resize" | "load_balancer:resize" => {
-            let Some(d) = param(&params, 0, "destination_id").and_then(|v| destination(view, &v)) else {
-                return error(id, 404, "Destination ID not found");
+            let d = match destination_param(view, &params) {
+                Ok(d) => d,
+                Err((code, msg)) => return error(id, code, &msg),
             };
-            let (Some(name), Some(cap)) = (
-                param(&params, 1, "res_name"),
-                param(&params, 2, "new_capacity").and_then(|v| v.parse::<u32>().ok()),
-            ) else {
-                return error(id, -32602, "Invalid params");
+            let Some(name) = param(&params, 1, "res_name") else {
+                return error(id, -32602, "Invalid params: res_name (2nd) is missing");
+            };
+            let cap = match param(&params, 2, "new_capacity") {
+                None => return error(id, -32602, "Invalid params: new_capacity (3rd) is missing"),
+                Some(v) => match v.trim().parse::<u32>() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        return error(
+                            id,
+                            -32602,
+                            &format!("Invalid params: new_capacity must be a whole number >= 0, not {v:?}"),
+                        )
+                    }
+                },
             };
             let rid = view.table.resource_names().iter().position(|n| *n == name);
             let index = view.table.destinations().iter().position(|x| std::ptr::eq(x, d));
             match (rid, index) {
                 (Some(rid), Some(i)) if view.table.resize(i as u16, rid, cap) => json!("OK"),
-                _ => return error(id, 404, "Destination has no such resource"),
+                _ => {
+                    return error(
+                        id,
+                        404,
+                        &format!("Destination {} has no resource {name:?}", d.config.id),
+                    )
+                }
             }
         }
         "get_statistics" => {
@@ -158,11 +255,15 @@ pub fn handle(body: &str, view: &View) -> Value {
                 _ => Vec::new(),
             };
             if wanted.is_empty() {
-                return error(id, -32602, "Invalid params");
+                return error(
+                    id,
+                    -32602,
+                    "Invalid params: statistics wanted (names, \"group:\" or \"all\")",
+                );
             }
             statistics(view, &wanted)
         }
-        _ => return error(id, -32601, "Method not found"),
+        _ => return error(id, -32601, &format!("Method not found: {method}")),
     };
     json!({"jsonrpc": "2.0", "result": result, "id": id})
 }
@@ -182,9 +283,23 @@ fn param(params: &Value, pos: usize, name: &str) -> Option<String> {
     }
 }
 
-fn destination<'v>(view: &'v View, id: &str) -> Option<&'v crate::lb::DestState> {
-    let id: u32 = id.trim().parse().ok()?;
-    view.table.destinations().iter().find(|d| d.config.id == id)
+/// The destination named by `destination_id` (1st parameter), or a
+/// JSON-RPC error (code, message) saying what is wrong.
+fn destination_param<'v>(view: &'v View, params: &Value) -> Result<&'v DestState, (i64, String)> {
+    let Some(v) = param(params, 0, "destination_id") else {
+        return Err((-32602, "Invalid params: destination_id (1st) is missing".into()));
+    };
+    let Ok(id) = v.trim().parse::<u32>() else {
+        return Err((
+            -32602,
+            format!("Invalid params: destination_id must be a number, not {v:?}"),
+        ));
+    };
+    view.table
+        .destinations()
+        .iter()
+        .find(|d| d.config.id == id)
+        .ok_or((404, format!("Destination ID {id} not found")))
 }
 
 fn names(v: &Value) -> Vec<String> {
@@ -330,6 +445,7 @@ mod tests {
             table: Arc::new(Table::new(&c.destinations, &c.resource_names)),
             stats: vec![Arc::new(Stats::default()), Arc::new(Stats::default())],
             started: Instant::now(),
+            token: None,
         }
     }
 

@@ -1476,6 +1476,34 @@ mod tests {
     }
 
     #[test]
+    fn admin_off_loopback_needs_a_token_and_probing_parses() {
+        let base = "[server]\nlisten = [\"127.0.0.1:5060\"]\n";
+        let (line, msg) = line_err(&format!("{base}[admin]\nlisten = \"0.0.0.0:8888\"\n"));
+        assert_eq!(line, 4);
+        assert!(msg.contains("admin.token is required"), "{msg}");
+        let c = Config::parse(&format!(
+            "{base}[admin]\nlisten = \"0.0.0.0:8888\"\ntoken = \"s3cret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        let (line, _) = line_err(&format!("{base}[admin]\ntoken = \"two words\"\n"));
+        assert_eq!(line, 4);
+        let c = Config::parse(&format!(
+            "{base}[probing]\ninterval = \"2s\"\nreply_codes = [404]\nthreshold = 3\n\
+             [[destinations]]\nid = 1\ngroup = 1\nuri = \"sip:127.0.0.1:5081\"\nresources = \"pstn=1\"\n\
+             probing_recovery_threshold = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(c.probing.interval, Duration::from_secs(2));
+        assert!(c.probing.accepts(404) && c.probing.accepts(200) && c.probing.accepts(302));
+        assert!(!c.probing.accepts(503) && !c.probing.accepts(408));
+        assert_eq!(c.probing.thresholds(&c.destinations[0]), (3, 2));
+        assert_eq!(c.probing.address, "127.0.0.1:0".parse().unwrap());
+        let (line, _) = line_err(&format!("{base}[probing]\nfrom = \"not a uri\"\n"));
+        assert_eq!(line, 4);
+    }
+
+    #[test]
     fn rule_needs_exactly_one_action() {
         let (line, msg) = line_err(
             "[server]\nlisten = [\"127.0.0.1:5060\"]\n[[rules]]\nmethod = \"OPTIONS\"\n\

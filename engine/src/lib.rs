@@ -4,7 +4,8 @@
 //! - `main.rs` (the `siplb` binary): command line, logging, signals.
 //! - [`runtime`]: worker threads, sockets, timers, hand-off; the only place
 //!   with syscalls and `unsafe`.
-//! - [`admin`]: the JSON-RPC management API, on its own thread.
+//! - [`admin`]: the JSON-RPC management API, on its own thread; [`ctl`]
+//!   its command-line client (`siplb ctl`).
 //! - [`core`]: the sans-IO proxy (transactions, dialogs, failover). No
 //!   sockets, no clock, no threads: time and datagrams go in, datagrams and
 //!   timer deadlines come out.
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod ctl;
 pub mod dispatch;
 pub mod lb;
 pub mod metrics;
