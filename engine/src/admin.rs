@@ -15,55 +15,50 @@
 //!   new_capacity`): change a capacity at run time;
 //! - `get_statistics` (`statistics` as a list of names, `group:` prefixes
 //!   or `all`): dialog counters as `dialog:NAME`, the rest as `siplb:NAME`;
+//! - `version`, `uptime` (OpenSIPS shapes: `Server`; `Now`, `Up since`,
+//!   `Up time`);
 //! - `lb_reload` / `load_balancer:reload`, `ds_reload` / `dispatcher:reload`:
-//!   re-read the configuration file and its destination source (see
+//!   re-read the configuration file and its destination sources (see
 //!   [`crate::reload`]); the result says what was kept, added, removed,
 //!   skipped and not reloaded; a refused file is a JSON-RPC error naming
 //!   the file and line.
 //!
-//! `GET /metrics` serves the same counters in Prometheus text.
+//! Parameters come as an array (positional) or an object (named), values
+//! as strings or numbers, as opensips-cli sends them. Errors are JSON-RPC
+//! error objects whose message says which parameter is wrong and why.
+//!
+//! `GET /metrics` serves Prometheus text ([`crate::metrics`]).
+//!
+//! With `admin.token` set, every request must carry `Authorization: Bearer
+//! TOKEN`, else it gets HTTP 401 (the config refuses a non-loopback
+//! `admin.listen` without a token).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
 use crate::core::Stats;
-use crate::lb::Table;
+use crate::lb::{DestState, Reason, Table};
 use crate::reload::Live;
 
 /// What the admin thread can see.
 #[derive(Clone)]
 pub struct View {
-    /// Destinations and load (refreshed from `live` before each request).
+    /// Destinations and load.
     pub table: Arc<Table>,
     /// Per-worker statistics.
     pub stats: Vec<Arc<Stats>>,
-    /// The running state, for reloads; `None`: reload commands fail.
+    /// When siplb started (`uptime`, `siplb_uptime_seconds`).
+    pub started: Instant,
+    /// Bearer token every request must carry, if configured.
+    pub token: Option<String>,
+    /// The running state, for reloads (`view.table` is refreshed from it
+    /// before each request); `None`: reload commands fail.
     pub live: Option<Arc<Live>>,
-}
-
-impl View {
-    /// A view of a fixed table, without reload.
-    pub fn new(table: Arc<Table>, stats: Vec<Arc<Stats>>) -> View {
-        View {
-            table,
-            stats,
-            live: None,
-        }
-    }
-
-    /// A view that follows the reloads of `live`.
-    pub fn live(live: Arc<Live>, stats: Vec<Arc<Stats>>) -> View {
-        View {
-            table: live.table(),
-            stats,
-            live: Some(live),
-        }
-    }
 }
 
 const COMMANDS: &[&str] = &[
@@ -75,6 +70,8 @@ const COMMANDS: &[&str] = &[
     "lb_resize",
     "load_balancer:resize",
     "get_statistics",
+    "version",
+    "uptime",
     "lb_reload",
     "load_balancer:reload",
     "ds_reload",
@@ -100,22 +97,59 @@ pub fn start(addr: SocketAddr, view: View, stop: Arc<AtomicBool>) -> std::io::Re
     })
 }
 
+/// Largest request body read (a JSON-RPC call is a few hundred bytes).
+const MAX_BODY: u64 = 1 << 20;
+
+fn header(name: &str, value: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header")
+}
+
+/// True when the request carries `Authorization: Bearer TOKEN` (or no
+/// token is configured). Compared in constant time.
+fn authorized(req: &tiny_http::Request, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    req.headers()
+        .iter()
+        .filter(|h| h.field.equiv("Authorization"))
+        .filter_map(|h| h.value.as_str().strip_prefix("Bearer "))
+        .any(|given| {
+            let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        })
+}
+
 fn serve(mut req: tiny_http::Request, view: &View) {
-    let json_header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).expect("static");
+    let json_header = header("Content-Type", "application/json");
     let url = req.url().to_string();
     let method = req.method().clone();
+    if !authorized(&req, view.token.as_deref()) {
+        let body = error(
+            Value::Null,
+            -32000,
+            "Unauthorized: send Authorization: Bearer TOKEN (admin.token)",
+        );
+        let response = tiny_http::Response::from_string(body.to_string())
+            .with_status_code(401)
+            .with_header(json_header)
+            .with_header(header("WWW-Authenticate", "Bearer realm=\"siplb\""));
+        let _ = req.respond(response);
+        return;
+    }
     let response = match (method, url.as_str()) {
         (tiny_http::Method::Post, "/mi") => {
             let mut body = String::new();
-            let reply = if std::io::Read::read_to_string(&mut req.as_reader(), &mut body).is_err() {
-                error(Value::Null, -32700, "Parse error")
+            let reply = if std::io::Read::read_to_string(&mut std::io::Read::take(req.as_reader(), MAX_BODY), &mut body)
+                .is_err()
+            {
+                error(Value::Null, -32700, "Parse error: the body is not UTF-8 text")
             } else {
                 handle(&body, view)
             };
             tiny_http::Response::from_string(reply.to_string()).with_header(json_header)
         }
-        (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(metrics(view)),
-        _ => tiny_http::Response::from_string("not found\n").with_status_code(404),
+        (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(metrics(view))
+            .with_header(header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")),
+        _ => tiny_http::Response::from_string("not found: POST /mi (JSON-RPC) or GET /metrics\n").with_status_code(404),
     };
     let _ = req.respond(response);
 }
@@ -126,14 +160,22 @@ fn error(id: Value, code: i64, message: &str) -> Value {
 
 /// Handles one JSON-RPC request body; returns the response object.
 pub fn handle(body: &str, view: &View) -> Value {
-    let Ok(req) = serde_json::from_str::<Value>(body) else {
-        return error(Value::Null, -32700, "Parse error");
+    let req = match serde_json::from_str::<Value>(body) {
+        Ok(r) => r,
+        Err(e) => return error(Value::Null, -32700, &format!("Parse error: {e}")),
     };
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     let Some(method) = req.get("method").and_then(Value::as_str) else {
-        return error(id, -32600, "Invalid Request");
+        return error(id, -32600, "Invalid Request: no \"method\" string");
     };
     let params = req.get("params").cloned().unwrap_or(Value::Null);
+    if !matches!(params, Value::Null | Value::Array(_) | Value::Object(_)) {
+        return error(
+            id,
+            -32602,
+            "Invalid params: \"params\" must be an array (positional) or an object (named)",
+        );
+    }
     // Each request sees the newest snapshot.
     let current;
     let view = match &view.live {
@@ -155,39 +197,68 @@ pub fn handle(body: &str, view: &View) -> Value {
             Some("lb_resize") | Some("load_balancer:resize") => {
                 json!([["destination_id", "res_name", "new_capacity"]])
             }
+            Some("version") | Some("uptime") => json!([[]]),
             Some(c) if COMMANDS.contains(&c) => json!([[]]),
-            Some(_) => return error(id, -32601, "Method not found"),
+            Some(c) => return error(id, -32601, &format!("Method not found: {c}")),
             None => json!(COMMANDS),
         },
+        "version" => json!({
+            "Server": format!("siplb {} ({}/{})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH, std::env::consts::OS),
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+        "uptime" => {
+            let up = view.started.elapsed();
+            json!({
+                "Now": rfc3339(SystemTime::now()),
+                "Up since": rfc3339(wall_clock(view.started)),
+                "Up time": format!("{} [sec]", up.as_secs()),
+                "seconds": up.as_secs(),
+            })
+        }
         "lb_list" | "load_balancer:list" => lb_list(view),
         "lb_status" | "load_balancer:status" => {
-            let Some(d) = param(&params, 0, "destination_id").and_then(|v| destination(view, &v)) else {
-                return error(id, 404, "Destination ID not found");
+            let d = match destination_param(view, &params) {
+                Ok(d) => d,
+                Err((code, msg)) => return error(id, code, &msg),
             };
             match param(&params, 1, "new_status") {
                 None => json!({"enable": if d.enabled() { "yes" } else { "no" }}),
-                Some(v) => match v.as_str() {
-                    "0" => {
-                        d.set_enabled(false);
+                Some(v) => match v.trim() {
+                    // An operator's status is sticky: probing does not undo it.
+                    "0" | "1" => {
+                        d.set_status(v.trim() == "1", Reason::Admin, None, Some(Instant::now()));
                         json!("OK")
                     }
-                    "1" => {
-                        d.set_enabled(true);
-                        json!("OK")
+                    _ => {
+                        return error(
+                            id,
+                            -32602,
+                            &format!("Invalid params: new_status must be 0 (disable) or 1 (enable), not {v:?}"),
+                        )
                     }
-                    _ => return error(id, -32602, "Invalid params"),
                 },
             }
         }
         "lb_resize" | "load_balancer:resize" => {
-            let Some(d) = param(&params, 0, "destination_id").and_then(|v| destination(view, &v)) else {
-                return error(id, 404, "Destination ID not found");
+            let d = match destination_param(view, &params) {
+                Ok(d) => d,
+                Err((code, msg)) => return error(id, code, &msg),
             };
-            let (Some(name), Some(cap)) = (
-                param(&params, 1, "res_name"),
-                param(&params, 2, "new_capacity").and_then(|v| v.parse::<u32>().ok()),
-            ) else {
-                return error(id, -32602, "Invalid params");
+            let Some(name) = param(&params, 1, "res_name") else {
+                return error(id, -32602, "Invalid params: res_name (2nd) is missing");
+            };
+            let cap = match param(&params, 2, "new_capacity") {
+                None => return error(id, -32602, "Invalid params: new_capacity (3rd) is missing"),
+                Some(v) => match v.trim().parse::<u32>() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        return error(
+                            id,
+                            -32602,
+                            &format!("Invalid params: new_capacity must be a whole number >= 0, not {v:?}"),
+                        )
+                    }
+                },
             };
             let rid = view.table.resource_names().iter().position(|n| *n == name);
             let index = view
@@ -197,7 +268,13 @@ pub fn handle(body: &str, view: &View) -> Value {
                 .map(|(i, _)| i);
             match (rid, index) {
                 (Some(rid), Some(i)) if view.table.resize(i, rid, cap) => json!("OK"),
-                _ => return error(id, 404, "Destination has no such resource"),
+                _ => {
+                    return error(
+                        id,
+                        404,
+                        &format!("Destination {} has no resource {name:?}", d.config.id),
+                    )
+                }
             }
         }
         "lb_reload" | "load_balancer:reload" | "ds_reload" | "dispatcher:reload" => {
@@ -214,7 +291,7 @@ pub fn handle(body: &str, view: &View) -> Value {
                         added = ?r.report.added,
                         removed = ?r.report.removed,
                         draining = ?r.report.draining,
-                        skipped = r.skipped.len(),
+                        skipped = ?r.skipped,
                         not_reloaded = ?r.not_reloaded,
                         "reloaded"
                     );
@@ -237,11 +314,15 @@ pub fn handle(body: &str, view: &View) -> Value {
                 _ => Vec::new(),
             };
             if wanted.is_empty() {
-                return error(id, -32602, "Invalid params");
+                return error(
+                    id,
+                    -32602,
+                    "Invalid params: statistics wanted (names, \"group:\" or \"all\")",
+                );
             }
             statistics(view, &wanted)
         }
-        _ => return error(id, -32601, "Method not found"),
+        _ => return error(id, -32601, &format!("Method not found: {method}")),
     };
     json!({"jsonrpc": "2.0", "result": result, "id": id})
 }
@@ -261,9 +342,22 @@ fn param(params: &Value, pos: usize, name: &str) -> Option<String> {
     }
 }
 
-fn destination<'v>(view: &'v View, id: &str) -> Option<&'v crate::lb::DestState> {
-    let id: u32 = id.trim().parse().ok()?;
-    view.table.by_id(id).map(|(_, d)| d)
+/// The destination named by `destination_id` (1st parameter), or a
+/// JSON-RPC error (code, message) saying what is wrong.
+fn destination_param<'v>(view: &'v View, params: &Value) -> Result<&'v DestState, (i64, String)> {
+    let Some(v) = param(params, 0, "destination_id") else {
+        return Err((-32602, "Invalid params: destination_id (1st) is missing".into()));
+    };
+    let Ok(id) = v.trim().parse::<u32>() else {
+        return Err((
+            -32602,
+            format!("Invalid params: destination_id must be a number, not {v:?}"),
+        ));
+    };
+    view.table
+        .by_id(id)
+        .map(|(_, d)| d)
+        .ok_or((404, format!("Destination ID {id} not found")))
 }
 
 /// The result of a reload: what it did, OpenSIPS's `"OK"` as `status`.
@@ -308,17 +402,21 @@ pub fn lb_list(view: &View) -> Value {
                 })
                 .collect();
             // OpenSIPS's keys: uri, id, group, enabled, auto-reenable
-            // ("off" for a destination disabled by hand), Resources, attrs.
+            // ("off" for a destination disabled by hand), Resources, attrs;
+            // then siplb's status fields.
             let mut item = json!({
                 "uri": d.config.uri,
                 "id": d.config.id,
                 "group": d.config.group,
                 "enabled": if d.enabled() { "yes" } else { "no" },
-                "auto-reenable": if d.config.disabled { "off" } else { "on" },
+                "auto-reenable": if d.status().sticky() { "off" } else { "on" },
                 "Resources": resources,
             });
             if !d.config.attrs.is_empty() {
                 item["attrs"] = json!(d.config.attrs);
+            }
+            if let (Value::Object(o), Value::Object(extra)) = (&mut item, status_fields(d)) {
+                o.extend(extra);
             }
             if d.retired() {
                 item["removed"] = json!("yes");
@@ -327,6 +425,57 @@ pub fn lb_list(view: &View) -> Value {
         })
         .collect();
     json!({ "Destinations": dests })
+}
+
+/// A destination's status for listings (`lb_list`, `ds_list`): `reason`
+/// of the last change (`config`, `admin`, `probe`, `call_failure`),
+/// `last_change` (UTC, RFC 3339; `null` when unchanged since loaded),
+/// `last_code` (the reply code behind it, 408 for a timeout),
+/// `probe_mode`, and `last_probe` (`"ok 200"`, `"failed 503"`,
+/// `"timeout"`) once probed.
+pub fn status_fields(d: &DestState) -> Value {
+    let s = d.status();
+    let probe = d.last_probe().map(|r| match r {
+        crate::lb::ProbeResult::Ok(c) => format!("ok {c}"),
+        crate::lb::ProbeResult::Failed(c) => format!("failed {c}"),
+        crate::lb::ProbeResult::Timeout => "timeout".to_string(),
+    });
+    json!({
+        "reason": s.reason.as_str(),
+        "last_change": s.since.map(|t| rfc3339(wall_clock(t))),
+        "last_code": s.code,
+        "probe_mode": d.config.probe_mode,
+        "last_probe": probe,
+    })
+}
+
+/// The wall-clock time of an `Instant` in the past.
+pub fn wall_clock(t: Instant) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(Instant::now().saturating_duration_since(t))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// `2026-11-22T03:10:42Z` (UTC, whole seconds).
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 fn qualified(name: &str) -> String {
@@ -357,32 +506,9 @@ pub fn statistics(view: &View, wanted: &[String]) -> Value {
     Value::Object(out)
 }
 
-/// Prometheus text exposition of the counters and loads.
+/// Prometheus text exposition (see [`crate::metrics`]).
 pub fn metrics(view: &View) -> String {
-    let mut s = String::new();
-    for (name, v) in crate::runtime::sum_stats(&view.stats) {
-        s.push_str(&format!("siplb_{name} {v}\n"));
-    }
-    let names = view.table.resource_names();
-    for (_, d) in view.table.configured() {
-        for &(rid, _) in &d.config.resources {
-            if let (Some(c), Some(r)) = (d.counter(rid), names.get(rid)) {
-                let labels = format!(
-                    "group=\"{}\",destination=\"{}\",resource=\"{r}\"",
-                    d.config.group, d.config.id
-                );
-                s.push_str(&format!("siplb_destination_load{{{labels}}} {}\n", c.load()));
-                s.push_str(&format!("siplb_destination_capacity{{{labels}}} {}\n", c.capacity()));
-            }
-        }
-        s.push_str(&format!(
-            "siplb_destination_enabled{{group=\"{}\",destination=\"{}\"}} {}\n",
-            d.config.group,
-            d.config.id,
-            u8::from(d.enabled())
-        ));
-    }
-    s
+    crate::metrics::render(&view.table, &view.stats, view.started)
 }
 
 #[cfg(test)]
@@ -395,6 +521,8 @@ mod tests {
         View {
             table: Arc::new(Table::new(&c.destinations, &c.resource_names)),
             stats: vec![Arc::new(Stats::default()), Arc::new(Stats::default())],
+            started: Instant::now(),
+            token: None,
             live: None,
         }
     }
@@ -464,6 +592,35 @@ mod tests {
         assert_eq!(r["error"]["code"], 404);
         let r = handle(r#"{"jsonrpc":"2.0","method":"lb_status","params":["99"],"id":"1"}"#, &v);
         assert_eq!(r["error"]["code"], 404);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = |s: u64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(t(0), "1970-01-01T00:00:00Z");
+        assert_eq!(t(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(t(1_795_316_642), "2026-11-22T03:04:02Z");
+    }
+
+    #[test]
+    fn lb_list_shows_status_reason_and_time() {
+        let v = view();
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"lb_status","params":["1","0"],"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        let r = handle(r#"{"jsonrpc":"2.0","method":"lb_list","id":"1"}"#, &v);
+        let d = &r["result"]["Destinations"][0];
+        assert_eq!(d["enabled"], "no");
+        assert_eq!(d["auto-reenable"], "off");
+        assert_eq!(d["reason"], "admin");
+        assert!(d["last_change"].as_str().unwrap().ends_with('Z'), "{d}");
+        let d = &r["result"]["Destinations"][1];
+        assert_eq!(
+            (d["reason"].as_str(), d["last_change"].is_null()),
+            (Some("config"), true)
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct File {
     /// `[limits]`: table sizes and caps.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// `[probing]`: health probes (OPTIONS) to the destinations.
+    #[serde(default)]
+    pub probing: ProbingFile,
     /// `[[destinations]]`: the backends.
     #[serde(default)]
     pub destinations: Vec<DestinationFile>,
@@ -132,6 +135,10 @@ pub struct AdminFile {
     /// Its TCP address (loopback by default).
     #[serde(default = "default_admin")]
     pub listen: Spanned<String>,
+    /// Bearer token required on every request (`Authorization: Bearer
+    /// TOKEN`); mandatory when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<Spanned<String>>,
 }
 
 impl Default for AdminFile {
@@ -208,6 +215,42 @@ pub enum CodeSpec {
     Text(String),
 }
 
+/// `[probing]`: OPTIONS health probes (OpenSIPS `probing_*` parameters).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbingFile {
+    /// Time between two probes of a destination (OpenSIPS `probing_interval`).
+    #[serde(default = "default_probing_interval")]
+    pub interval: Spanned<String>,
+    /// No final reply within this: the probe failed (retransmitted as
+    /// RFC 3261 Timer E meanwhile).
+    #[serde(default = "default_probing_timeout")]
+    pub timeout: Spanned<String>,
+    /// From URI of the probes (OpenSIPS `probing_from`).
+    #[serde(default = "default_probing_from")]
+    pub from: Spanned<String>,
+    /// Reply codes accepted besides 200 and the other codes below 400
+    /// (OpenSIPS `probing_reply_codes`), such as 404.
+    #[serde(default = "no_codes")]
+    pub reply_codes: Spanned<Vec<u16>>,
+    /// Failed probes in a row that take a destination down (`probing_threshold`).
+    #[serde(default = "one")]
+    pub threshold: u32,
+    /// Accepted probes in a row that bring it back up.
+    #[serde(default = "one")]
+    pub recovery_threshold: u32,
+    /// Local address of the prober's own socket (default: the internal
+    /// address, any free port).
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+}
+
+impl Default for ProbingFile {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
 /// `[limits]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +308,12 @@ pub struct DestinationFile {
     /// Start disabled.
     #[serde(default)]
     pub disabled: bool,
+    /// Failed probes in a row that take it down (default: `probing.threshold`).
+    #[serde(default)]
+    pub probing_threshold: Option<u32>,
+    /// Accepted probes in a row that bring it back (default: `probing.recovery_threshold`).
+    #[serde(default)]
+    pub probing_recovery_threshold: Option<u32>,
 }
 
 /// `[[sources]]`: an OpenSIPS `load_balancer` or `dispatcher` table.
@@ -370,6 +419,21 @@ pub struct ReplyFile {
 fn yes() -> bool {
     true
 }
+fn no_codes() -> Spanned<Vec<u16>> {
+    Spanned::new(0..0, Vec::new())
+}
+fn one() -> u32 {
+    1
+}
+fn default_probing_interval() -> Spanned<String> {
+    dur("30s")
+}
+fn default_probing_timeout() -> Spanned<String> {
+    dur("5s")
+}
+fn default_probing_from() -> Spanned<String> {
+    Spanned::new(0..0, "sip:siplb@localhost".into())
+}
 fn default_listen() -> Vec<Spanned<String>> {
     vec![Spanned::new(0..0, "0.0.0.0:5060".into())]
 }
@@ -474,6 +538,10 @@ pub struct Config {
     pub spread_by_call_id: bool,
     /// Admin API address, if enabled.
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin API requires, if any.
+    pub admin_token: Option<String>,
+    /// Health probing.
+    pub probing: Probing,
     /// Timers.
     pub timers: Timers,
     /// Failover policy.
@@ -568,6 +636,40 @@ impl Default for Failover {
     }
 }
 
+/// Health probing settings.
+#[derive(Debug, Clone)]
+pub struct Probing {
+    /// Time between two probes of a destination.
+    pub interval: Duration,
+    /// A probe without a final reply after this failed.
+    pub timeout: Duration,
+    /// From URI.
+    pub from: String,
+    /// Codes accepted besides 200 and the codes below 400.
+    pub reply_codes: Vec<u16>,
+    /// Default failed probes in a row to go down.
+    pub threshold: u32,
+    /// Default accepted probes in a row to come back up.
+    pub recovery_threshold: u32,
+    /// The prober's local address (port 0: any).
+    pub address: SocketAddr,
+}
+
+impl Probing {
+    /// True when a final reply `code` to a probe counts as success.
+    pub fn accepts(&self, code: u16) -> bool {
+        code < 400 || self.reply_codes.contains(&code)
+    }
+
+    /// (down, up) thresholds for `d`: its own, else the global ones.
+    pub fn thresholds(&self, d: &Destination) -> (u32, u32) {
+        (
+            d.probing_threshold.unwrap_or(self.threshold),
+            d.probing_recovery_threshold.unwrap_or(self.recovery_threshold),
+        )
+    }
+}
+
 /// Limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -620,6 +722,10 @@ pub struct Destination {
     pub description: String,
     /// Starts disabled.
     pub disabled: bool,
+    /// Failed probes in a row to go down (`None`: `probing.threshold`).
+    pub probing_threshold: Option<u32>,
+    /// Accepted probes in a row to come back (`None`: `probing.recovery_threshold`).
+    pub probing_recovery_threshold: Option<u32>,
 }
 
 /// A routing rule.
@@ -957,6 +1063,8 @@ impl Validator<'_> {
             attrs: d.attrs.clone(),
             description: d.description.clone(),
             disabled: d.disabled,
+            probing_threshold: d.probing_threshold.map(|t| t.max(1)),
+            probing_recovery_threshold: d.probing_recovery_threshold.map(|t| t.max(1)),
         })
     }
 
@@ -1036,7 +1144,7 @@ impl Validator<'_> {
                 "server.internal_port_base: ports base..base+workers must fit".into(),
             ));
         }
-        let admin = if file.admin.enabled {
+        let admin: Option<SocketAddr> = if file.admin.enabled {
             let l = &file.admin.listen;
             Some(
                 l.get_ref()
@@ -1045,6 +1153,55 @@ impl Validator<'_> {
             )
         } else {
             None
+        };
+        let admin_token = match &file.admin.token {
+            Some(t) if t.get_ref().trim().is_empty() || t.get_ref().chars().any(|c| c.is_whitespace()) => {
+                return Err(self.err(t.span(), "admin.token must be non-empty, without white space"))
+            }
+            Some(t) => Some(t.get_ref().clone()),
+            None => None,
+        };
+        if let Some(a) = admin.filter(|a| !a.ip().is_loopback()) {
+            if admin_token.is_none() {
+                return Err(self.err(
+                    file.admin.listen.span(),
+                    format!(
+                        "admin.listen: {a} is not a loopback address, so admin.token is required \
+                         (requests must carry Authorization: Bearer TOKEN)"
+                    ),
+                ));
+            }
+        }
+
+        let p = &file.probing;
+        let probing = Probing {
+            interval: self.duration(&p.interval, "probing.interval")?,
+            timeout: self.duration(&p.timeout, "probing.timeout")?,
+            from: {
+                let f = p.from.get_ref();
+                if siplb_parser::Uri::parse(f.as_bytes()).is_err() || f.contains(['\r', '\n', '<', '>']) {
+                    return Err(self.err(p.from.span(), format!("probing.from: {f:?} is not a SIP URI")));
+                }
+                f.clone()
+            },
+            reply_codes: {
+                let codes = p.reply_codes.get_ref();
+                if codes.iter().any(|c| !(200..700).contains(c)) {
+                    return Err(self.err(p.reply_codes.span(), "probing.reply_codes: codes are 200..=699"));
+                }
+                codes.clone()
+            },
+            threshold: p.threshold.max(1),
+            recovery_threshold: p.recovery_threshold.max(1),
+            address: match &p.address {
+                Some(a) => {
+                    let t = a.get_ref();
+                    t.parse::<SocketAddr>()
+                        .or_else(|_| t.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+                        .map_err(|_| self.err(a.span(), format!("probing.address: {t:?} is not IP[:port]")))?
+                }
+                None => SocketAddr::new(internal_ip, 0),
+            },
         };
 
         let t = &file.timers;
@@ -1290,6 +1447,8 @@ impl Validator<'_> {
             socket_buffer: s.socket_buffer,
             spread_by_call_id,
             admin,
+            admin_token,
+            probing,
             timers,
             failover,
             limits,
@@ -1455,6 +1614,34 @@ mod tests {
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token_and_probing_parses() {
+        let base = "[server]\nlisten = [\"127.0.0.1:5060\"]\n";
+        let (line, msg) = line_err(&format!("{base}[admin]\nlisten = \"0.0.0.0:8888\"\n"));
+        assert_eq!(line, 4);
+        assert!(msg.contains("admin.token is required"), "{msg}");
+        let c = Config::parse(&format!(
+            "{base}[admin]\nlisten = \"0.0.0.0:8888\"\ntoken = \"s3cret\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        let (line, _) = line_err(&format!("{base}[admin]\ntoken = \"two words\"\n"));
+        assert_eq!(line, 4);
+        let c = Config::parse(&format!(
+            "{base}[probing]\ninterval = \"2s\"\nreply_codes = [404]\nthreshold = 3\n\
+             [[destinations]]\nid = 1\ngroup = 1\nuri = \"sip:127.0.0.1:5081\"\nresources = \"pstn=1\"\n\
+             probing_recovery_threshold = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(c.probing.interval, Duration::from_secs(2));
+        assert!(c.probing.accepts(404) && c.probing.accepts(200) && c.probing.accepts(302));
+        assert!(!c.probing.accepts(503) && !c.probing.accepts(408));
+        assert_eq!(c.probing.thresholds(&c.destinations[0]), (3, 2));
+        assert_eq!(c.probing.address, "127.0.0.1:0".parse().unwrap());
+        let (line, _) = line_err(&format!("{base}[probing]\nfrom = \"not a uri\"\n"));
+        assert_eq!(line, 4);
     }
 
     #[test]

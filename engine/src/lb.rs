@@ -39,10 +39,30 @@
 //! the first in table order, or (flag `s`) to a random one among the tied.
 //! A best availability <= 0 means [`LbError::Full`] unless flag `n`, which
 //! accepts overloaded destinations.
+//!
+//! # Status (health)
+//! Each destination is *up* (takes new calls) or *down*, with the
+//! [`Reason`] of the last change, when it happened and the reply code
+//! behind it ([`Status`]). Changes come from four places:
+//! ```text
+//!            operator (lb_status/ds_set_state): up or down, sticky
+//!   up  <--------------------------------------------------------->  down
+//!       --- `threshold` failed probes in a row (probe) ---------->
+//!       --- a relayed call fails with a failover code ----------->   (failover.disable_on_failure)
+//!       <-- `recovery_threshold` accepted probes in a row --------   (not when the operator or
+//!                                                                      the config put it down)
+//! ```
+//! A destination put down by an operator (or `disabled = true` in the
+//! config) stays down whatever probing says, until an operator enables it
+//! (OpenSIPS's "no auto re-enable"). Every change of up/down is logged once
+//! and counted per reason. The status lives in the destination's `Kept`
+//! part, shared by the snapshots, so a reload that keeps a destination
+//! (same id and URI) keeps its status, probing counters and counts with it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crate::config::Destination;
 
@@ -190,15 +210,125 @@ impl Counter {
     }
 }
 
-/// What a destination keeps across reloads besides its counters, shared by
-/// the snapshots that hold it: its status (and whatever else must survive
-/// a reload that keeps the destination: health, per-destination counts).
-#[derive(Debug)]
-struct Kept {
-    enabled: AtomicBool,
+/// Why a destination has its current status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// As configured (`disabled = true` is an operator's decision: sticky).
+    Config,
+    /// Set by an operator (`lb_status`, `ds_set_state`): sticky.
+    Admin,
+    /// Health probing.
+    Probe,
+    /// A relayed call failed with a failover code (`failover.disable_on_failure`).
+    CallFailure,
 }
 
-/// A destination with its live state.
+impl Reason {
+    /// Every reason, in the order of [`DestState::changes`].
+    pub const ALL: [Reason; 4] = [Reason::Config, Reason::Admin, Reason::Probe, Reason::CallFailure];
+
+    /// Its name in logs, the admin API and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Config => "config",
+            Reason::Admin => "admin",
+            Reason::Probe => "probe",
+            Reason::CallFailure => "call_failure",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The status of a destination and where it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Takes new calls.
+    pub up: bool,
+    /// Why.
+    pub reason: Reason,
+    /// When it last changed (`None`: as loaded, never changed since).
+    pub since: Option<Instant>,
+    /// The reply code behind the last change (408 for a timeout), if any.
+    pub code: Option<u16>,
+}
+
+impl Status {
+    /// True when only an operator may bring it back up.
+    pub fn sticky(&self) -> bool {
+        !self.up && matches!(self.reason, Reason::Admin | Reason::Config)
+    }
+}
+
+/// The result of one health probe, as [`DestState::probe_result`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// An accepted reply (200, any other reply below 400, or a configured code).
+    Ok(u16),
+    /// A final reply >= 400 that is not accepted.
+    Failed(u16),
+    /// No final reply in time.
+    Timeout,
+}
+
+impl ProbeResult {
+    /// Every kind, in the order of [`DestState::probes`], with its label.
+    pub const LABELS: [&'static str; 3] = ["ok", "failed", "timeout"];
+
+    fn index(self) -> usize {
+        match self {
+            ProbeResult::Ok(_) => 0,
+            ProbeResult::Failed(_) => 1,
+            ProbeResult::Timeout => 2,
+        }
+    }
+
+    /// The reply code (408 for a timeout).
+    pub fn code(self) -> u16 {
+        match self {
+            ProbeResult::Ok(c) | ProbeResult::Failed(c) => c,
+            ProbeResult::Timeout => 408,
+        }
+    }
+}
+
+/// Status plus the probing counters, behind the destination's mutex.
+#[derive(Debug)]
+struct Health {
+    status: Status,
+    /// Failed probes in a row.
+    failures: u32,
+    /// Accepted probes in a row.
+    successes: u32,
+    /// The last probe's result.
+    last_probe: Option<ProbeResult>,
+}
+
+/// What a destination keeps across reloads besides its counters, shared by
+/// the snapshots that hold it: status, health, per-destination counts.
+#[derive(Debug)]
+struct Kept {
+    /// Mirrors `health.status.up` for the data path (relaxed reads, no lock).
+    enabled: AtomicBool,
+    /// Status and probing counters: changed rarely, under the lock.
+    health: Mutex<Health>,
+    /// Status changes (up <-> down) by [`Reason`].
+    changes: [AtomicU64; 4],
+    /// Probe results by kind ([`ProbeResult::LABELS`]).
+    probes: [AtomicU64; 3],
+    /// Calls (attempts) sent to it.
+    calls: AtomicU64,
+}
+
+/// A destination with its live state: load counters and status.
+///
+/// This is what a reload must carry over for a destination it keeps (same
+/// id and URI): the counters (calls in progress hold load on them) *and*
+/// the status (an operator's disable, a probe's verdict, the probing
+/// counters), so that a reload never re-enables what an operator disabled.
+/// Both are `Arc`s shared by the snapshots that hold the destination.
 #[derive(Debug)]
 pub struct DestState {
     /// Configuration.
@@ -209,6 +339,15 @@ pub struct DestState {
     kept: Arc<Kept>,
     generation: u16,
     retired: bool,
+}
+
+/// What a status change was: for logs and for callers that report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Before.
+    pub old: Status,
+    /// After.
+    pub new: Status,
 }
 
 impl DestState {
@@ -227,6 +366,20 @@ impl DestState {
             counters,
             kept: Arc::new(Kept {
                 enabled: AtomicBool::new(!config.disabled),
+                health: Mutex::new(Health {
+                    status: Status {
+                        up: !config.disabled,
+                        reason: Reason::Config,
+                        since: None,
+                        code: None,
+                    },
+                    failures: 0,
+                    successes: 0,
+                    last_probe: None,
+                }),
+                changes: Default::default(),
+                probes: Default::default(),
+                calls: AtomicU64::new(0),
             }),
             generation,
             retired: false,
@@ -289,15 +442,151 @@ impl DestState {
         self.counters.get(rid).and_then(|c| c.as_deref())
     }
 
-    /// True when enabled (neither disabled by config, admin, nor failure)
-    /// and not retired.
+    /// True when enabled (neither disabled by config, admin, probing nor
+    /// failure) and not retired by a reload.
     pub fn enabled(&self) -> bool {
         !self.retired && self.kept.enabled.load(Ordering::Relaxed)
     }
 
-    /// Enables or disables.
+    /// Enables or disables as an operator would, without a clock (tests,
+    /// tools). Prefer [`DestState::set_status`].
     pub fn set_enabled(&self, on: bool) {
-        self.kept.enabled.store(on, Ordering::Relaxed);
+        self.set_status(on, Reason::Admin, None, None);
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        // A panic while holding the lock cannot leave Health inconsistent
+        // (plain fields), so a poisoned lock is still usable.
+        self.kept.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.health().status
+    }
+
+    /// The last probe's result, if probed.
+    pub fn last_probe(&self) -> Option<ProbeResult> {
+        self.health().last_probe
+    }
+
+    /// Status changes so far with `reason`.
+    pub fn changes(&self, reason: Reason) -> u64 {
+        self.kept.changes[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Probe results so far, by [`ProbeResult::LABELS`] order.
+    pub fn probes(&self) -> [u64; 3] {
+        self.kept.probes.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Calls (attempts, failovers included) sent to it so far.
+    pub fn calls(&self) -> u64 {
+        self.kept.calls.load(Ordering::Relaxed)
+    }
+
+    /// True when the prober should probe it now: `probe_mode` 2 always,
+    /// 1 while it is down for a reason probing can undo.
+    pub fn wants_probe(&self) -> bool {
+        if self.retired {
+            return false;
+        }
+        match self.config.probe_mode {
+            2 => true,
+            1 => {
+                let s = self.status();
+                !s.up && !s.sticky()
+            }
+            _ => false,
+        }
+    }
+
+    /// Sets the status (an operator with [`Reason::Admin`]). `now` is when
+    /// (`None` when the caller has no clock). Returns the change, if the
+    /// destination went up or down; a new reason alone (an operator taking
+    /// over a probe's verdict) is recorded without counting as a change.
+    pub fn set_status(&self, up: bool, reason: Reason, code: Option<u16>, now: Option<Instant>) -> Option<Change> {
+        let mut h = self.health();
+        self.transition(&mut h, up, reason, code, now)
+    }
+
+    /// A relayed call failed on it with `code` (a failover code, or the
+    /// local 408): takes it down unless it is down already.
+    pub fn call_failed(&self, code: u16, now: Instant) -> Option<Change> {
+        let mut h = self.health();
+        if !h.status.up {
+            return None;
+        }
+        self.transition(&mut h, false, Reason::CallFailure, Some(code), Some(now))
+    }
+
+    /// Applies one probe result with the thresholds `down_after` (failed
+    /// probes in a row that take it down) and `up_after` (accepted probes
+    /// in a row that bring it back, unless an operator took it down).
+    pub fn probe_result(&self, r: ProbeResult, down_after: u32, up_after: u32, now: Instant) -> Option<Change> {
+        self.kept.probes[r.index()].fetch_add(1, Ordering::Relaxed);
+        let mut h = self.health();
+        h.last_probe = Some(r);
+        match r {
+            ProbeResult::Ok(code) => {
+                h.failures = 0;
+                h.successes = h.successes.saturating_add(1);
+                if !h.status.up && !h.status.sticky() && h.successes >= up_after.max(1) {
+                    return self.transition(&mut h, true, Reason::Probe, Some(code), Some(now));
+                }
+            }
+            ProbeResult::Failed(_) | ProbeResult::Timeout => {
+                h.successes = 0;
+                h.failures = h.failures.saturating_add(1);
+                if h.status.up && h.failures >= down_after.max(1) {
+                    return self.transition(&mut h, false, Reason::Probe, Some(r.code()), Some(now));
+                }
+            }
+        }
+        None
+    }
+
+    fn transition(
+        &self,
+        h: &mut Health,
+        up: bool,
+        reason: Reason,
+        code: Option<u16>,
+        now: Option<Instant>,
+    ) -> Option<Change> {
+        let old = h.status;
+        if old.up == up {
+            if reason == Reason::Admin && old.reason != Reason::Admin {
+                // The operator confirms the state: it becomes theirs (sticky when down).
+                h.status.reason = Reason::Admin;
+            }
+            return None;
+        }
+        let new = Status {
+            up,
+            reason,
+            since: now,
+            code,
+        };
+        h.status = new;
+        h.failures = 0;
+        h.successes = 0;
+        self.kept.enabled.store(up, Ordering::Relaxed);
+        self.kept.changes[reason.index()].fetch_add(1, Ordering::Relaxed);
+        let state = |up: bool| if up { "up" } else { "down" };
+        if up {
+            tracing::info!(group = self.config.group, uri = %self.config.uri, old = state(old.up), new = state(up),
+                reason = reason.as_str(), code, "destination status changed");
+        } else {
+            tracing::warn!(group = self.config.group, uri = %self.config.uri, old = state(old.up), new = state(up),
+                reason = reason.as_str(), code, "destination status changed");
+        }
+        Some(Change { old, new })
+    }
+
+    /// Counts a call (attempt) sent to it ([`Table::load_balance`] does).
+    pub fn count_attempt(&self) {
+        self.kept.calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Its address.
@@ -588,6 +877,7 @@ impl Table {
                 }
                 done = done.with(rid);
             }
+            d.count_attempt();
             return Ok(Hold {
                 dest: idx,
                 generation: d.generation,
@@ -831,6 +1121,86 @@ mod tests {
         }
         assert_eq!(t.total_load(), 0);
         assert_eq!(t.underflows(), 0);
+    }
+
+    fn probed(mode: u8, disabled: bool) -> Table {
+        let c = Config::parse(&format!(
+            "[server]\nlisten = [\"127.0.0.1:5060\"]\n[[destinations]]\nid = 1\ngroup = 1\n\
+             uri = \"sip:127.0.0.1:6000\"\nresources = \"pstn=1\"\nprobe_mode = {mode}\ndisabled = {disabled}\n"
+        ))
+        .unwrap();
+        Table::new(&c.destinations, &c.resource_names)
+    }
+
+    #[test]
+    fn probes_take_down_and_bring_back_with_thresholds() {
+        let t = probed(2, false);
+        let d = t.dest(0).unwrap();
+        let now = Instant::now();
+        assert!(d.wants_probe());
+        // Down after 3 failures in a row; a success in between resets the count.
+        assert_eq!(d.probe_result(ProbeResult::Timeout, 3, 2, now), None);
+        assert_eq!(d.probe_result(ProbeResult::Failed(503), 3, 2, now), None);
+        assert_eq!(d.probe_result(ProbeResult::Ok(200), 3, 2, now), None);
+        assert_eq!(d.probe_result(ProbeResult::Timeout, 3, 2, now), None);
+        assert_eq!(d.probe_result(ProbeResult::Timeout, 3, 2, now), None);
+        let c = d.probe_result(ProbeResult::Failed(500), 3, 2, now).expect("down");
+        assert!(c.old.up && !c.new.up);
+        assert_eq!(
+            (c.new.reason, c.new.code, c.new.since),
+            (Reason::Probe, Some(500), Some(now))
+        );
+        assert!(!d.enabled());
+        // Back after 2 accepted probes in a row.
+        assert_eq!(d.probe_result(ProbeResult::Ok(404), 3, 2, now), None);
+        assert!(d.probe_result(ProbeResult::Ok(200), 3, 2, now).is_some());
+        assert!(d.enabled());
+        assert_eq!(d.changes(Reason::Probe), 2);
+        assert_eq!(d.probes(), [3, 2, 3]);
+        assert_eq!(d.last_probe(), Some(ProbeResult::Ok(200)));
+    }
+
+    #[test]
+    fn an_operators_disable_is_not_undone_by_probing() {
+        let t = probed(2, false);
+        let d = t.dest(0).unwrap();
+        let now = Instant::now();
+        assert!(d.set_status(false, Reason::Admin, None, Some(now)).is_some());
+        assert!(d.status().sticky());
+        for _ in 0..5 {
+            assert_eq!(d.probe_result(ProbeResult::Ok(200), 1, 1, now), None);
+        }
+        assert!(!d.enabled());
+        assert!(d.set_status(true, Reason::Admin, None, Some(now)).is_some());
+        assert!(d.enabled());
+        // Probing takes it down again, and brings it back: not sticky.
+        assert!(d.probe_result(ProbeResult::Timeout, 1, 1, now).is_some());
+        assert!(d.probe_result(ProbeResult::Ok(200), 1, 1, now).is_some());
+        // An operator disabling a destination probing had taken down makes it sticky.
+        assert!(d.probe_result(ProbeResult::Timeout, 1, 1, now).is_some());
+        assert_eq!(d.set_status(false, Reason::Admin, None, Some(now)), None);
+        assert_eq!(d.probe_result(ProbeResult::Ok(200), 1, 1, now), None);
+        assert!(!d.enabled());
+        assert_eq!(d.changes(Reason::Admin), 2);
+    }
+
+    #[test]
+    fn configured_disabled_is_sticky_and_mode_1_probes_only_while_down() {
+        let t = probed(1, true);
+        let d = t.dest(0).unwrap();
+        assert!(!d.enabled() && d.status().sticky());
+        assert!(!d.wants_probe(), "an operator's disable is not probed in mode 1");
+        let t = probed(1, false);
+        let d = t.dest(0).unwrap();
+        let now = Instant::now();
+        assert!(!d.wants_probe(), "mode 1 leaves a live destination alone");
+        let c = d.call_failed(503, now).expect("down");
+        assert_eq!((c.new.reason, c.new.code), (Reason::CallFailure, Some(503)));
+        assert_eq!(d.call_failed(503, now), None, "once");
+        assert!(d.wants_probe());
+        assert!(d.probe_result(ProbeResult::Ok(200), 1, 1, now).is_some());
+        assert!(d.enabled() && !d.wants_probe());
+        assert!(!probed(0, false).dest(0).unwrap().wants_probe());
     }
 
     #[test]

@@ -32,6 +32,64 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// Call the admin API and print the result as JSON, e.g.
+    /// `siplb ctl lb_status 1 0` or `siplb ctl lb_resize destination_id=1 res_name=pstn new_capacity=50`.
+    Ctl {
+        /// The command (`lb_list`, `lb_status`, `lb_resize`, `get_statistics`, `version`, `uptime`, `which`...).
+        command: String,
+        /// Its arguments: positional (`1 0`) or all named (`destination_id=1 new_status=0`).
+        args: Vec<String>,
+        /// The admin endpoint (default: `admin.listen` of --config, else http://127.0.0.1:8888/mi;
+        /// env SIPLB_URL).
+        #[arg(long)]
+        url: Option<String>,
+        /// Bearer token (default: `admin.token` of --config; env SIPLB_TOKEN).
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+/// `siplb ctl`: prints the result, or the error on stderr (exit status 1).
+fn ctl(
+    config: Option<&std::path::Path>,
+    command: &str,
+    args: &[String],
+    url: Option<String>,
+    token: Option<String>,
+) -> ! {
+    let cfg = match config.map(siplb::config::Config::load) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            eprintln!("siplb: {e}");
+            std::process::exit(1);
+        }
+        None => None,
+    };
+    let url = url
+        .or_else(|| std::env::var("SIPLB_URL").ok())
+        .or_else(|| {
+            let a = cfg.as_ref()?.admin?;
+            let ip = if a.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.ip()
+            };
+            Some(format!("http://{}/mi", std::net::SocketAddr::new(ip, a.port())))
+        })
+        .unwrap_or_else(|| "http://127.0.0.1:8888/mi".into());
+    let token = token
+        .or_else(|| std::env::var("SIPLB_TOKEN").ok())
+        .or_else(|| cfg.as_ref()?.admin_token.clone());
+    match siplb::ctl::call(&url, token.as_deref(), command, siplb::ctl::params(args)) {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string()));
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("siplb ctl {command}: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -62,6 +120,15 @@ fn install_signal_handlers() {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Ctl {
+        command,
+        args,
+        url,
+        token,
+    }) = &cli.command
+    {
+        ctl(cli.config.as_deref(), command, args, url.clone(), token.clone());
+    }
     if let Some(Command::CheckConfig { file }) = &cli.command {
         match siplb::config::Config::load(file) {
             Ok(c) => {
@@ -110,12 +177,19 @@ fn main() -> anyhow::Result<()> {
     for s in &config.skipped {
         tracing::warn!(row = %s, "destination row skipped");
     }
+    let started = std::time::Instant::now();
     install_signal_handlers();
     let live = Arc::new(siplb::reload::Live::new(config.clone(), Some(path.clone())));
     let runtime = siplb::runtime::Runtime::start_live(live.clone()).context("starting workers")?;
     let admin = match config.admin {
         Some(addr) => {
-            let view = siplb::admin::View::live(live.clone(), runtime.stats.clone());
+            let view = siplb::admin::View {
+                table: live.table(),
+                stats: runtime.stats.clone(),
+                started,
+                token: config.admin_token.clone(),
+                live: Some(live.clone()),
+            };
             Some(siplb::admin::start(addr, view, runtime.stop_flag()).with_context(|| format!("admin API on {addr}"))?)
         }
         None => None,

@@ -171,6 +171,8 @@ fn keep_static(running: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!(socket_buffer, "server.socket_buffer");
     keep!(spread_by_call_id, "server.ownership");
     keep!(admin, "admin");
+    keep!(admin_token, "admin.token");
+    keep!(probing, "probing");
     keep!(limits, "limits");
     changed
 }

@@ -118,6 +118,8 @@ impl Row {
             attrs: self.attrs.clone(),
             description: self.description.clone(),
             disabled: self.disabled,
+            probing_threshold: None,
+            probing_recovery_threshold: None,
         }
     }
 }

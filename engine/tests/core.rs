@@ -607,7 +607,12 @@ fn disable_on_failure_takes_the_destination_out() {
     w.uac.add_call(w.base, plan(0));
     w.uac.add_call(w.base, plan(2000));
     finish(&mut w);
-    assert!(!w.table.destinations()[0].enabled());
+    let d = &w.table.destinations()[0];
+    assert!(!d.enabled());
+    let s = d.status();
+    assert_eq!((s.reason, s.code), (siplb::lb::Reason::CallFailure, Some(500)));
+    assert!(!s.sticky(), "probing may bring it back");
+    assert_eq!(d.changes(siplb::lb::Reason::CallFailure), 1, "counted once");
     assert_eq!(w.uas[0].invites, 1, "the disabled destination gets no second call");
     assert_eq!(w.uas[1].invites, 2);
     assert_eq!(w.stat("failovers"), 1);

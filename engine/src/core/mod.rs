@@ -315,6 +315,9 @@ impl Proxy {
         handed_off: bool,
     ) -> Disposition {
         self.timers.observe(now);
+        if !handed_off {
+            Stats::inc(&self.stats.rx_datagrams);
+        }
         if bytes.len() > self.cfg.limits.max_message_size {
             Stats::inc(&self.stats.drop_too_big);
             return Disposition::Handled;
@@ -395,6 +398,18 @@ impl Proxy {
     }
 
     fn send(&mut self, local: Local, dst: SocketAddr, payload: Vec<u8>) {
+        Stats::inc(&self.stats.tx_datagrams);
+        if let Some(class) = payload.strip_prefix(b"SIP/2.0 ").and_then(|r| r.first()) {
+            let counter = match class {
+                b'1' => &self.stats.replies_1xx,
+                b'2' => &self.stats.replies_2xx,
+                b'3' => &self.stats.replies_3xx,
+                b'4' => &self.stats.replies_4xx,
+                b'5' => &self.stats.replies_5xx,
+                _ => &self.stats.replies_6xx,
+            };
+            Stats::inc(counter);
+        }
         self.out.push_back(Transmit { local, dst, payload });
     }
 
@@ -1078,7 +1093,8 @@ impl Proxy {
             if cancel == Cancel::No && server == Server::Proceeding && fo.is_failover_code(code) {
                 if fo.disable_on_failure {
                     if let Some(dest) = self.table.index_of_addr(failed).and_then(|i| self.table.dest(i)) {
-                        dest.set_enabled(false);
+                        // Logged and counted there; probing (or an operator) brings it back.
+                        dest.call_failed(code, now);
                     }
                 }
                 exhausted = true;

@@ -21,6 +21,10 @@ macro_rules! stats {
 }
 
 stats! {
+    /// Datagrams received from the network (hand-offs not counted twice).
+    rx_datagrams,
+    /// Datagrams sent (relayed, local replies, retransmissions, ACKs).
+    tx_datagrams,
     /// Requests received.
     rx_requests,
     /// Responses received.
@@ -77,6 +81,18 @@ stats! {
     drop_handoff,
     /// Datagrams the kernel refused to send.
     drop_send,
+    /// Responses sent (relayed or local, retransmissions included), 1xx.
+    replies_1xx,
+    /// ... 2xx.
+    replies_2xx,
+    /// ... 3xx.
+    replies_3xx,
+    /// ... 4xx.
+    replies_4xx,
+    /// ... 5xx.
+    replies_5xx,
+    /// ... 6xx.
+    replies_6xx,
 }
 
 impl Stats {

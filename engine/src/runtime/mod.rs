@@ -20,9 +20,13 @@
 //! one, does not), else epoll with `recvmmsg`/`sendmmsg` batches ([`udp`]).
 //! Both paths feed the same [`Proxy`].
 //!
+//! Probing: one more thread ([`prober`]) with its own UDP socket sends the
+//! health probes and updates the destinations' status.
+//!
 //! Stop: set the stop flag; each worker leaves its loop within 100 ms,
 //! ends its dialogs (releasing their load) and exits.
 
+pub mod prober;
 pub mod udp;
 pub mod uring;
 
@@ -79,10 +83,17 @@ pub struct Runtime {
     pub stats: Vec<Arc<Stats>>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    prober: Option<JoinHandle<()>>,
+    prober_addr: SocketAddr,
     io: &'static str,
 }
 
 impl Runtime {
+    /// The prober's local address (where health probes come from).
+    pub fn prober_addr(&self) -> SocketAddr {
+        self.prober_addr
+    }
+
     /// The I/O path in use: `"io_uring"` or `"epoll"`.
     pub fn io(&self) -> &'static str {
         self.io
@@ -123,6 +134,10 @@ impl Runtime {
         for &addr in &cfg.listen {
             udp::check_free(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
         }
+        let probe_socket = UdpSocket::bind(cfg.probing.address).map_err(|source| RuntimeError::Bind {
+            addr: cfg.probing.address,
+            source,
+        })?;
         let mut sockets = Vec::new();
         for i in 0..n {
             let mut publics = Vec::new();
@@ -190,6 +205,18 @@ impl Runtime {
                 })?;
             workers.push(handle);
         }
+        let probe_live = live.clone();
+        let (prober_addr, prober) = prober::start(
+            probe_socket,
+            crate::probe::Settings::from_config(&cfg),
+            cfg.probing.clone(),
+            move || probe_live.table(),
+            stop.clone(),
+        )
+        .map_err(|source| RuntimeError::Io {
+            what: "spawn prober",
+            source,
+        })?;
         tracing::info!(
             io = if use_uring { "io_uring" } else { "epoll" },
             workers = n,
@@ -203,6 +230,8 @@ impl Runtime {
             stats: all_stats,
             stop,
             workers,
+            prober: Some(prober),
+            prober_addr,
             io: if use_uring { "io_uring" } else { "epoll" },
         })
     }
@@ -217,6 +246,9 @@ impl Runtime {
         self.stop.store(true, Ordering::Relaxed);
         for w in self.workers {
             let _ = w.join();
+        }
+        if let Some(p) = self.prober {
+            let _ = p.join();
         }
     }
 
@@ -241,7 +273,7 @@ pub fn sum_stats(stats: &[Arc<Stats>]) -> Vec<(&'static str, u64)> {
 }
 
 /// A per-process value that differs between restarts.
-fn epoch() -> u32 {
+pub(crate) fn epoch() -> u32 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -352,6 +384,7 @@ impl Worker {
                     for i in 0..got {
                         if let Some((bytes, src, truncated)) = batch.get(i) {
                             if truncated {
+                                Stats::inc(&self.stats.rx_datagrams);
                                 Stats::inc(&self.stats.drop_too_big);
                                 continue;
                             }
@@ -409,6 +442,7 @@ impl Worker {
                     truncated,
                 } => {
                     if truncated || bytes.len() > self.max_message {
+                        Stats::inc(&self.stats.rx_datagrams);
                         Stats::inc(&self.stats.drop_too_big);
                         return;
                     }
