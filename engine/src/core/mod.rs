@@ -650,8 +650,8 @@ impl Proxy {
 
     fn in_dialog(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>) {
         let is_ack = method == Method::Ack;
-        let first = m.route_values().next();
-        let ours = first.is_some_and(|r| msg::route_is_ours(r, &self.ours));
+        let first = m.route_values().next().and_then(msg::RouteMark::parse);
+        let ours = first.as_ref().is_some_and(|r| r.is_ours(&self.ours));
         if !ours {
             if is_ack {
                 Stats::inc(&self.stats.drop_stray_ack);
@@ -661,7 +661,7 @@ impl Proxy {
             }
             return;
         }
-        let dialog = match first.and_then(msg::route_dialog) {
+        let dialog = match first.and_then(|r| r.dialog) {
             Some(d) => {
                 let k = Key {
                     index: d.index,
@@ -1012,6 +1012,11 @@ impl Proxy {
             let out = self.relay_response(l, dst, m);
             let Some(t) = self.txns.get_mut(k) else { return };
             t.last_response = out;
+            // Only the response is needed from now on (to answer
+            // retransmissions for 64*T1): free the request copies, which
+            // would otherwise linger with every finished BYE.
+            t.request = Vec::new();
+            t.out = Vec::new();
             t.server = Server::Completed;
             t.remove_at = Some(now + 64 * timers.t1);
             self.schedule_txn(k);
