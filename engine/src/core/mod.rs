@@ -1018,7 +1018,7 @@ impl Proxy {
             t.request = Vec::new();
             t.out = Vec::new();
             t.server = Server::Completed;
-            t.remove_at = Some(now + 64 * timers.t1);
+            t.remove_at = Some(now + timers.linger);
             self.schedule_txn(k);
             return;
         }
@@ -1034,7 +1034,7 @@ impl Proxy {
             t.out = Vec::new();
             t.server = Server::Accepted;
             t.g_next = None;
-            t.remove_at = Some(now + 64 * timers.t1);
+            t.remove_at = Some(now + timers.linger);
             if let Some(d) = dialog {
                 self.confirm_dialog(now, d);
             }
