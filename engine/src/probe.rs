@@ -460,6 +460,52 @@ mod tests {
         assert_eq!(p.pending(), 2);
     }
 
+    /// The prober and the destinations' status together, on a virtual
+    /// clock: destination 1 answers, stops answering, answers again.
+    #[test]
+    fn a_silent_destination_goes_down_after_the_threshold_and_comes_back() {
+        use crate::config::Config;
+        use crate::lb::Table;
+        let c = Config::parse(
+            "[server]\nlisten = [\"127.0.0.1:5060\"]\n\
+             [probing]\ninterval = \"1s\"\ntimeout = \"500ms\"\nthreshold = 2\nrecovery_threshold = 3\n\
+             [[destinations]]\nid = 1\ngroup = 1\nuri = \"sip:127.0.0.1:5081\"\nresources = \"pstn=1\"\nprobe_mode = 2\n",
+        )
+        .unwrap();
+        let table = Table::new(&c.destinations, &c.resource_names);
+        let d = &table.destinations()[0];
+        let (down, up) = c.probing.thresholds(&d.config);
+        let t0 = Instant::now();
+        let mut p = Prober::new(Settings::from_config(&c), "127.0.0.1:5099".parse().unwrap(), t0, 3);
+        p.set_targets(vec![Target {
+            id: 1,
+            addr: d.addr(),
+            uri: d.config.uri.clone(),
+        }]);
+        // Answering in rounds 0-1, silent in rounds 2-5, answering from round 6.
+        let answers = |round: u32| !(2..6).contains(&round);
+        let mut history = Vec::new();
+        let mut now = t0;
+        while now < t0 + Duration::from_millis(10_500) {
+            p.handle_timeout(now, &mut |_| d.wants_probe());
+            let round = (now - t0).as_millis() as u32 / 1000;
+            for (dst, text) in sent(&mut p) {
+                if answers(round) && text.starts_with("OPTIONS") {
+                    p.handle_datagram(now, dst, &reply_to(&text, 200));
+                }
+            }
+            while let Some(r) = p.poll_event() {
+                if d.probe_result(r.result, down, up, now).is_some() {
+                    history.push((round, d.enabled()));
+                }
+            }
+            now = p.poll_timeout();
+        }
+        // Down at the 2nd silent round (2, 3), up at the 3rd good one (6, 7, 8).
+        assert_eq!(history, vec![(3, false), (8, true)]);
+        assert_eq!(d.probes(), [2 + 5, 0, 4], "rounds 0-10: 7 answered, 4 silent");
+    }
+
     #[test]
     fn removed_targets_lose_their_pending_probe() {
         let t0 = Instant::now();

@@ -93,6 +93,23 @@ fn basic_call_holds_load_until_bye() {
 }
 
 #[test]
+fn finished_transactions_linger_as_configured() {
+    let mut w = world(&[(5081, "pstn=2", answer(), None)], "linger = \"5s\"", 1, CLEAN);
+    w.uac.add_call(w.base, plan(0));
+    // The call ends (BYE answered) about 1.3 s in; its INVITE and BYE
+    // transactions stay to absorb retransmissions...
+    w.run_checked(w.base + Duration::from_secs(3)).unwrap();
+    assert_eq!(w.stat("processed_dialogs"), 1);
+    assert_eq!(w.stat("active_dialogs"), 0);
+    assert!(w.proxy.transactions() > 0, "finished transactions linger");
+    // ...for `linger` (5 s here instead of 64*T1 = 32 s), then go.
+    w.run_checked(w.base + Duration::from_secs(7)).unwrap();
+    assert_eq!(w.proxy.transactions(), 0);
+    finish(&mut w);
+    assert_eq!(outcome(&w), sim::Outcome::Answered);
+}
+
+#[test]
 fn reinvite_passes_through_the_dialog() {
     let mut w = world(&[(5081, "pstn=2", answer(), None)], "", 26, CLEAN);
     let mut p = plan(0);

@@ -625,3 +625,64 @@ fn the_systemd_unit_has_what_operators_need() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The real opensips-cli (PyPI `opensipscli`), when installed: on PATH,
+/// or where `.ci/run` puts it.
+fn opensips_cli() -> Option<PathBuf> {
+    let candidates = [
+        PathBuf::from("opensips-cli"),
+        PathBuf::from("/opt/opensips-cli/bin/opensips-cli"),
+    ];
+    let found = candidates.into_iter().find(|c| {
+        Command::new(c)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    if found.is_none() {
+        eprintln!("skipping: opensips-cli is not installed (pip install opensipscli)");
+    }
+    found
+}
+
+#[test]
+fn stock_opensips_cli_drives_siplb() {
+    let Some(cli) = opensips_cli() else { return };
+    let base = port(15400);
+    let lb = Siplb::start("opensips-cli", base, &[(base + 11, "pstn=10", 0)], "", None);
+    let url = format!("url=http://127.0.0.1:{}/mi", lb.admin);
+    let run = |args: &[&str]| {
+        let out = Command::new(&cli)
+            .args(["-o", "communication_type=http", "-o", &url, "-x", "mi"])
+            .args(args)
+            .env("HOME", workdir("opensips-cli"))
+            .output()
+            .expect("run opensips-cli");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = run(&["lb_list"]);
+    assert!(ok, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["Destinations"][0]["uri"], format!("sip:127.0.0.1:{}", base + 11));
+    let (ok, out) = run(&["lb_status", "1", "0"]);
+    assert!(ok && out.contains("OK"), "{out}");
+    let (ok, out) = run(&["lb_status", "destination_id=1"]);
+    assert!(ok, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!({"enable": "no"}));
+    let (ok, out) = run(&["lb_resize", "destination_id=1", "res_name=pstn", "new_capacity=50"]);
+    assert!(ok && out.contains("OK"), "{out}");
+    assert_eq!(lb.dest(1)["Resources"][0]["max"], 50);
+    let (ok, out) = run(&["lb_status", "1", "7"]);
+    assert!(
+        !ok && out.contains("new_status must be 0 (disable) or 1 (enable)"),
+        "{out}"
+    );
+    lb.assert_idle();
+}

@@ -658,8 +658,8 @@ impl Proxy {
 
     fn in_dialog(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>) {
         let is_ack = method == Method::Ack;
-        let first = m.route_values().next();
-        let ours = first.is_some_and(|r| msg::route_is_ours(r, &self.ours));
+        let first = m.route_values().next().and_then(msg::RouteMark::parse);
+        let ours = first.as_ref().is_some_and(|r| r.is_ours(&self.ours));
         if !ours {
             if is_ack {
                 Stats::inc(&self.stats.drop_stray_ack);
@@ -669,7 +669,7 @@ impl Proxy {
             }
             return;
         }
-        let dialog = match first.and_then(msg::route_dialog) {
+        let dialog = match first.and_then(|r| r.dialog) {
             Some(d) => {
                 let k = Key {
                     index: d.index,
@@ -1020,8 +1020,13 @@ impl Proxy {
             let out = self.relay_response(l, dst, m);
             let Some(t) = self.txns.get_mut(k) else { return };
             t.last_response = out;
+            // Only the response is needed from now on (to answer
+            // retransmissions for 64*T1): free the request copies, which
+            // would otherwise linger with every finished BYE.
+            t.request = Vec::new();
+            t.out = Vec::new();
             t.server = Server::Completed;
-            t.remove_at = Some(now + 64 * timers.t1);
+            t.remove_at = Some(now + timers.linger);
             self.schedule_txn(k);
             return;
         }
@@ -1037,7 +1042,7 @@ impl Proxy {
             t.out = Vec::new();
             t.server = Server::Accepted;
             t.g_next = None;
-            t.remove_at = Some(now + 64 * timers.t1);
+            t.remove_at = Some(now + timers.linger);
             if let Some(d) = dialog {
                 self.confirm_dialog(now, d);
             }

@@ -415,6 +415,33 @@ fn memchr_nl(s: &[u8]) -> Option<usize> {
 }
 
 /// True when the request's top Route names one of `ours` (host and port).
+/// What the core needs of a Route value: where it points and siplb's
+/// dialog mark, from one parse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteMark {
+    /// The address of the URI (IP hosts only).
+    pub addr: Option<SocketAddr>,
+    /// The `did` parameter, when it decodes.
+    pub dialog: Option<DialogId>,
+}
+
+impl RouteMark {
+    /// Parses a Route value; `None` when it is not a name-addr with a URI.
+    pub fn parse(value: &[u8]) -> Option<RouteMark> {
+        let na = siplb_parser::NameAddr::parse(value).ok()?;
+        let u = Uri::parse(na.uri).ok()?;
+        Some(RouteMark {
+            addr: host_ip(u.host).map(|ip| SocketAddr::new(ip, u.port.unwrap_or(5060))),
+            dialog: u.param(DIALOG_PARAM).flatten().and_then(DialogId::decode),
+        })
+    }
+
+    /// Whether the route names one of `ours`.
+    pub fn is_ours(&self, ours: &[SocketAddr]) -> bool {
+        self.addr.is_some_and(|a| ours.contains(&a))
+    }
+}
+
 pub fn route_is_ours(value: &[u8], ours: &[SocketAddr]) -> bool {
     let Ok(na) = siplb_parser::NameAddr::parse(value) else {
         return false;
@@ -482,6 +509,10 @@ mod tests {
         let route = format!("<sip:127.0.0.1:5060;lr;did={}>", String::from_utf8(d.encode()).unwrap());
         assert_eq!(route_dialog(route.as_bytes()), Some(d));
         assert!(route_is_ours(route.as_bytes(), &["127.0.0.1:5060".parse().unwrap()]));
+        let mark = RouteMark::parse(route.as_bytes()).unwrap();
+        assert_eq!(mark.dialog, Some(d));
+        assert!(mark.is_ours(&["127.0.0.1:5060".parse().unwrap()]));
+        assert!(!mark.is_ours(&["127.0.0.1:5061".parse().unwrap()]));
         assert!(!route_is_ours(route.as_bytes(), &["127.0.0.1:5061".parse().unwrap()]));
     }
 

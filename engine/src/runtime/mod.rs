@@ -208,6 +208,7 @@ impl Runtime {
         let probe_live = live.clone();
         let (prober_addr, prober) = prober::start(
             probe_socket,
+            cfg.advertised.ip(),
             crate::probe::Settings::from_config(&cfg),
             cfg.probing.clone(),
             move || probe_live.table(),

@@ -7,7 +7,7 @@
 //! when the destinations differ, and results are applied to the
 //! destination with the probed id *and* address only.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -18,16 +18,21 @@ use crate::lb::{DestState, Table};
 use crate::probe::{Prober, Settings, Target};
 
 /// Starts the prober thread on `socket` (bound by the caller, so that a
-/// bind failure comes before any thread starts). Returns the socket's
-/// address (named in the probes' Via) and the thread.
+/// bind failure comes before any thread starts). Returns the address
+/// named in the probes' Via (the socket's; with `fallback_ip` instead of
+/// an unspecified IP such as 0.0.0.0) and the thread.
 pub fn start(
     socket: UdpSocket,
+    fallback_ip: IpAddr,
     settings: Settings,
     probing: Probing,
     table: impl Fn() -> Arc<Table> + Send + 'static,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let local = socket.local_addr()?;
+    let mut local = socket.local_addr()?;
+    if local.ip().is_unspecified() {
+        local.set_ip(fallback_ip);
+    }
     let seed = u64::from(super::epoch());
     let handle = std::thread::Builder::new().name("siplb-prober".into()).spawn(move || {
         let mut prober = Prober::new(settings, local, Instant::now(), seed);
