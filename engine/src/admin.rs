@@ -111,7 +111,12 @@ fn authorized(req: &tiny_http::Request, token: Option<&str>) -> bool {
     req.headers()
         .iter()
         .filter(|h| h.field.equiv("Authorization"))
-        .filter_map(|h| h.value.as_str().strip_prefix("Bearer "))
+        .filter_map(|h| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let v = h.value.as_str().trim_start();
+            let (scheme, given) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(given)
+        })
         .any(|given| {
             let (a, b) = (given.trim().as_bytes(), token.as_bytes());
             a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

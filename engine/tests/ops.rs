@@ -426,6 +426,7 @@ fn admin_api_as_opensips_cli_and_siplb_ctl_speak_it() {
     assert_eq!(http(lb.admin, "POST", "/mi", None, which).unwrap().0, 401);
     assert_eq!(http(lb.admin, "POST", "/mi", Some("nope"), which).unwrap().0, 401);
     assert_eq!(http(lb.admin, "GET", "/metrics", None, "").unwrap().0, 401);
+    assert_eq!(http(lb.admin, "POST", "/mi", Some("s3cret2"), which).unwrap().0, 401);
     // opensips-cli asks `which` first, then sends strings, positional or named.
     let cmds = lb.rpc("which", json!({}));
     for c in [
