@@ -22,6 +22,13 @@
 //!   [`crate::reload`]); the result says what was kept, added, removed,
 //!   skipped and not reloaded; a refused file is a JSON-RPC error naming
 //!   the file and line.
+//! - `ds_list` / `dispatcher:list` (`[full]`): the dispatcher sets (a
+//!   destination's group is its set) with each destination's URI, state
+//!   (`Active`, `Inactive`, `Probing`), weight, priority and attrs, in
+//!   OpenSIPS's shape (`PARTITIONS` / `SETS` / `Destinations`);
+//! - `ds_set_state` / `dispatcher:set_state` (`state, group, address`):
+//!   `a` (or `1`) enables, `i` (`0`) disables (sticky), `p` (`2`) takes a
+//!   destination out until probing finds it alive.
 //!
 //! Parameters come as an array (positional) or an object (named), values
 //! as strings or numbers, as opensips-cli sends them. Errors are JSON-RPC
@@ -76,6 +83,10 @@ const COMMANDS: &[&str] = &[
     "load_balancer:reload",
     "ds_reload",
     "dispatcher:reload",
+    "ds_list",
+    "dispatcher:list",
+    "ds_set_state",
+    "dispatcher:set_state",
 ];
 
 /// Starts the admin server on `addr`; it exits when `stop` is set.
@@ -203,6 +214,8 @@ pub fn handle(body: &str, view: &View) -> Value {
                 json!([["destination_id", "res_name", "new_capacity"]])
             }
             Some("version") | Some("uptime") => json!([[]]),
+            Some("ds_list") | Some("dispatcher:list") => json!([[], ["full"]]),
+            Some("ds_set_state") | Some("dispatcher:set_state") => json!([["state", "group", "address"]]),
             Some(c) if COMMANDS.contains(&c) => json!([[]]),
             Some(c) => return error(id, -32601, &format!("Method not found: {c}")),
             None => json!(COMMANDS),
@@ -312,6 +325,11 @@ pub fn handle(body: &str, view: &View) -> Value {
                 }
             }
         }
+        "ds_list" | "dispatcher:list" => ds_list(view),
+        "ds_set_state" | "dispatcher:set_state" => match ds_set_state(view, &params) {
+            Ok(()) => json!("OK"),
+            Err((code, message)) => return error(id, code, message),
+        },
         "get_statistics" => {
             let wanted: Vec<String> = match &params {
                 Value::Array(a) => a.iter().flat_map(names).collect(),
@@ -483,6 +501,77 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// A dispatcher state letter as OpenSIPS names it.
+fn ds_state(d: &crate::lb::DestState) -> &'static str {
+    if d.enabled() {
+        "Active"
+    } else {
+        "Inactive"
+    }
+}
+
+/// `ds_list` in OpenSIPS's shape: one partition (`default`), the sets in
+/// ascending id order, each set's destinations in table order.
+pub fn ds_list(view: &View) -> Value {
+    let dests = view.table.destinations();
+    let mut sets: Vec<u32> = dests.iter().map(|d| d.config.group).collect();
+    sets.sort_unstable();
+    sets.dedup();
+    let sets: Vec<Value> = sets
+        .into_iter()
+        .map(|set| {
+            let members: Vec<Value> = dests
+                .iter()
+                .filter(|d| d.config.group == set)
+                .map(|d| {
+                    let mut item = json!({
+                        "URI": d.config.uri,
+                        "state": ds_state(d),
+                        "weight": d.config.weight,
+                        "priority": d.config.priority,
+                    });
+                    if !d.config.attrs.is_empty() {
+                        item["attr"] = json!(d.config.attrs);
+                    }
+                    if !d.config.description.is_empty() {
+                        item["description"] = json!(d.config.description);
+                    }
+                    item
+                })
+                .collect();
+            json!({"id": set, "Destinations": members})
+        })
+        .collect();
+    json!({"PARTITIONS": [{"name": "default", "SETS": sets}]})
+}
+
+/// `ds_set_state <a|i|p> <[partition:]set> <uri>`.
+fn ds_set_state(view: &View, params: &Value) -> Result<(), (i64, &'static str)> {
+    let state = param(params, 0, "state").ok_or((-32602, "Invalid params: state"))?;
+    let group = param(params, 1, "group").ok_or((-32602, "Invalid params: group"))?;
+    let address = param(params, 2, "address").ok_or((-32602, "Invalid params: address"))?;
+    let up = match state.trim().chars().next() {
+        Some('a' | 'A' | '1') => true,
+        Some('i' | 'I' | '0' | 'p' | 'P' | '2') => false,
+        _ => return Err((500, "Bad state value")),
+    };
+    // OpenSIPS allows "partition:set"; siplb has one partition.
+    let set_text = group.rsplit(':').next().unwrap_or_default().trim();
+    let set: u32 = set_text.parse().map_err(|_| (500, "bad group value"))?;
+    let wanted = crate::config::uri_addr(address.trim());
+    let d = view
+        .table
+        .destinations()
+        .iter()
+        .find(|d| {
+            d.config.group == set
+                && (d.config.uri.eq_ignore_ascii_case(address.trim()) || wanted.is_some_and(|a| a == d.addr()))
+        })
+        .ok_or((404, "destination not found"))?;
+    d.set_enabled(up);
+    Ok(())
+}
+
 fn qualified(name: &str) -> String {
     let dialog = matches!(
         name,
@@ -626,6 +715,57 @@ mod tests {
             (d["reason"].as_str(), d["last_change"].is_null()),
             (Some("config"), true)
         );
+    }
+
+    #[test]
+    fn ds_list_and_set_state() {
+        let v = view();
+        let r = handle(r#"{"jsonrpc":"2.0","method":"ds_list","id":"1"}"#, &v);
+        let part = &r["result"]["PARTITIONS"][0];
+        assert_eq!(part["name"], "default");
+        let set = &part["SETS"][0];
+        assert_eq!(set["id"], 1);
+        let d = &set["Destinations"][1];
+        assert_eq!(d["URI"], "sip:127.0.0.1:5082");
+        assert_eq!(d["state"], "Active");
+        assert_eq!((d["weight"].as_u64(), d["priority"].as_i64()), (Some(1), Some(0)));
+        assert_eq!(d["description"], "media server 2");
+        let r2 = handle(
+            r#"{"jsonrpc":"2.0","method":"dispatcher:list","params":[],"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r2["result"], r["result"]);
+        // Positional (opensips-cli) and named parameters, partition prefix.
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"ds_set_state","params":["i","1","sip:127.0.0.1:5082"],"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        assert!(!v.table.destinations()[1].enabled());
+        let r = handle(r#"{"jsonrpc":"2.0","method":"ds_list","id":"1"}"#, &v);
+        assert_eq!(
+            r["result"]["PARTITIONS"][0]["SETS"][0]["Destinations"][1]["state"],
+            "Inactive"
+        );
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"dispatcher:set_state","params":{"state":"a","group":"default:1","address":"sip:127.0.0.1:5082"},"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        assert!(v.table.destinations()[1].enabled());
+        for (params, code) in [
+            (r#"["x","1","sip:127.0.0.1:5082"]"#, 500),
+            (r#"["a","2","sip:127.0.0.1:5082"]"#, 404),
+            (r#"["a","1","sip:127.0.0.1:5099"]"#, 404),
+            (r#"["a","one","sip:127.0.0.1:5082"]"#, 500),
+            (r#"["a"]"#, -32602),
+        ] {
+            let r = handle(
+                &format!(r#"{{"jsonrpc":"2.0","method":"ds_set_state","params":{params},"id":"1"}}"#),
+                &v,
+            );
+            assert_eq!(r["error"]["code"], code, "{params}: {r}");
+        }
     }
 
     #[test]
