@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::dispatch::{Algorithm, DispatchFlags};
 use crate::lb::{Flags, ResourceSet, MAX_RESOURCES};
 
 /// A configuration error: what is wrong and, when known, where.
@@ -356,6 +357,9 @@ pub struct RuleFile {
     /// Action: choose a destination by load.
     #[serde(default)]
     pub load_balance: Option<LoadBalanceFile>,
+    /// Action: choose a destination of a dispatcher set (no load).
+    #[serde(default)]
+    pub dispatch: Option<DispatchFile>,
     /// Action: relay to a fixed URI.
     #[serde(default)]
     pub relay: Option<RelayFile>,
@@ -392,6 +396,22 @@ pub struct LoadBalanceFile {
     /// Resources to reserve, `"pstn"` or `"pstn;vm"`.
     pub resources: Spanned<String>,
     /// `r` relative, `n` negative availability allowed, `s` random among ties.
+    #[serde(default = "no_flags")]
+    pub flags: Spanned<String>,
+}
+
+/// `dispatch = { set, algorithm, flags }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchFile {
+    /// The dispatcher set: destinations whose `group` is this.
+    pub set: Spanned<u32>,
+    /// `hash-callid` (default), `hash-from`, `hash-from-user`, `hash-to`,
+    /// `hash-ruri`, `round-robin`, `weighted-random`, `priority`, `srv`, or
+    /// an OpenSIPS algorithm number.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Spanned<String>,
+    /// `f` failover to the next destination, `u` hash the user part only.
     #[serde(default = "no_flags")]
     pub flags: Spanned<String>,
 }
@@ -455,6 +475,9 @@ fn default_priority() -> Spanned<i64> {
 }
 fn no_flags() -> Spanned<String> {
     Spanned::new(0..0, String::new())
+}
+fn default_algorithm() -> Spanned<String> {
+    Spanned::new(0..0, "hash-callid".into())
 }
 fn default_io() -> Spanned<String> {
     Spanned::new(0..0, "auto".into())
@@ -767,6 +790,15 @@ pub enum Action {
         resources: ResourceSet,
         /// Flags.
         flags: Flags,
+    },
+    /// Pick a destination of a dispatcher set (OpenSIPS `ds_select_dst`).
+    Dispatch {
+        /// The set (destination group).
+        set: u32,
+        /// How the set is ordered.
+        algorithm: Algorithm,
+        /// Failover, user-only hashing.
+        flags: DispatchFlags,
     },
     /// Relay to a fixed address.
     Relay {
@@ -1362,15 +1394,18 @@ impl Validator<'_> {
                     })?);
                 }
             }
-            let n_actions =
-                usize::from(r.load_balance.is_some()) + usize::from(r.relay.is_some()) + usize::from(r.reply.is_some());
+            let n_actions = usize::from(r.load_balance.is_some())
+                + usize::from(r.dispatch.is_some())
+                + usize::from(r.relay.is_some())
+                + usize::from(r.reply.is_some());
             let rule_line = r
                 .method
                 .as_ref()
                 .map(|m| m.span())
-                .or_else(|| r.ruri_user.as_ref().map(|m| m.span()));
+                .or_else(|| r.ruri_user.as_ref().map(|m| m.span()))
+                .or_else(|| r.dispatch.as_ref().map(|d| d.set.span()));
             if n_actions != 1 {
-                let msg = format!("{name}: exactly one of load_balance, relay, reply is needed");
+                let msg = format!("{name}: exactly one of load_balance, dispatch, relay, reply is needed");
                 return Err(match rule_line {
                     Some(s) => self.err(s, msg),
                     None => ConfigError::Invalid(msg),
@@ -1411,6 +1446,28 @@ impl Validator<'_> {
                     resources: set,
                     flags,
                 }
+            } else if let Some(ds) = &r.dispatch {
+                let set = *ds.set.get_ref();
+                if !destinations.iter().any(|d: &Destination| d.group == set) {
+                    return Err(self.err(ds.set.span(), format!("{name}: dispatch set {set} has no destination")));
+                }
+                let algorithm = Algorithm::parse(ds.algorithm.get_ref()).ok_or_else(|| {
+                    self.err(
+                        ds.algorithm.span(),
+                        format!(
+                            "{name}: algorithm {:?} is not one of hash-callid, hash-from, hash-from-user, hash-to, \
+                             hash-ruri, round-robin, weighted-random, priority, srv (or 0-4, 6, 8)",
+                            ds.algorithm.get_ref()
+                        ),
+                    )
+                })?;
+                let flags = DispatchFlags::parse(ds.flags.get_ref()).ok_or_else(|| {
+                    self.err(
+                        ds.flags.span(),
+                        format!("{name}: dispatch flags {:?}: only f, u", ds.flags.get_ref()),
+                    )
+                })?;
+                Action::Dispatch { set, algorithm, flags }
             } else if let Some(relay) = &r.relay {
                 let addr = uri_addr(relay.uri.get_ref()).ok_or_else(|| {
                     self.err(
@@ -1490,7 +1547,7 @@ mod tests {
         assert_eq!(c.destinations.len(), 2);
         assert_eq!(c.resource_names, vec!["pstn".to_string(), "vm".to_string()]);
         assert_eq!(c.destinations[1].addr, "127.0.0.1:5082".parse().unwrap());
-        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.rules.len(), 5);
         assert!(c.failover.is_failover_code(503));
         assert!(c.failover.is_failover_code(408));
         assert!(!c.failover.is_failover_code(486));
@@ -1664,6 +1721,50 @@ mod tests {
         assert_eq!(c.probing.address, "127.0.0.1:0".parse().unwrap());
         let (line, _) = line_err(&format!("{base}[probing]\nfrom = \"not a uri\"\n"));
         assert_eq!(line, 4);
+    }
+
+    #[test]
+    fn dispatch_rules() {
+        let base = "[server]\nlisten = [\"127.0.0.1:5060\"]\n[[destinations]]\nid = 1\ngroup = 2\n\
+                    uri = \"sip:127.0.0.1:5081\"\n";
+        let c = Config::parse(&format!(
+            "{base}[[rules]]\nmethod = \"REGISTER\"\ndispatch = {{ set = 2, algorithm = \"round-robin\", flags = \"fu\" }}\n\
+             [[rules]]\ndispatch = {{ set = 2 }}\n"
+        ))
+        .unwrap();
+        match &c.rules[0].action {
+            Action::Dispatch { set, algorithm, flags } => {
+                assert_eq!((*set, *algorithm), (2, Algorithm::RoundRobin));
+                assert!(flags.failover && flags.user_only);
+            }
+            other => panic!("{other:?}"),
+        }
+        match &c.rules[1].action {
+            Action::Dispatch { algorithm, flags, .. } => {
+                assert_eq!(*algorithm, Algorithm::Hash(crate::dispatch::HashKey::CallId), "default");
+                assert_eq!(*flags, DispatchFlags::default());
+            }
+            other => panic!("{other:?}"),
+        }
+        let (line, msg) = line_err(&format!(
+            "{base}[[rules]]\nmethod = \"REGISTER\"\ndispatch = {{ set = 3 }}\n"
+        ));
+        assert_eq!(line, 9, "{msg}");
+        assert!(msg.contains("set 3"), "{msg}");
+        let (line, msg) = line_err(&format!(
+            "{base}[[rules]]\nmethod = \"REGISTER\"\ndispatch = {{ set = 2, algorithm = \"fastest\" }}\n"
+        ));
+        assert_eq!(line, 9, "{msg}");
+        assert!(msg.contains("fastest"), "{msg}");
+        let (line, msg) = line_err(&format!(
+            "{base}[[rules]]\nmethod = \"REGISTER\"\n\ndispatch = {{ set = 2, flags = \"x\" }}\n"
+        ));
+        assert_eq!(line, 10, "{msg}");
+        let (line, msg) = line_err(&format!(
+            "{base}[[rules]]\nmethod = \"REGISTER\"\ndispatch = {{ set = 2 }}\nreply = {{ code = 200 }}\n"
+        ));
+        assert_eq!(line, 8, "{msg}");
+        assert!(msg.contains("exactly one"), "{msg}");
     }
 
     #[test]

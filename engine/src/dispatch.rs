@@ -57,20 +57,81 @@ pub enum Algorithm {
 impl Algorithm {
     /// Parses a configuration name: `hash-callid`, `hash-from`,
     /// `hash-from-user`, `hash-to`, `hash-ruri`, `round-robin`,
-    /// `weighted-random`, `priority`, `srv`.
+    /// `weighted-random`, `priority`, `srv`; or OpenSIPS's algorithm
+    /// number (`0` Call-ID, `1` From, `2` To, `3` R-URI, `4` round-robin,
+    /// `6` random, `8` first: here, by priority).
     pub fn parse(name: &str) -> Option<Algorithm> {
         Some(match name {
-            "hash-callid" => Algorithm::Hash(HashKey::CallId),
-            "hash-from" => Algorithm::Hash(HashKey::FromUri),
+            "hash-callid" | "0" => Algorithm::Hash(HashKey::CallId),
+            "hash-from" | "1" => Algorithm::Hash(HashKey::FromUri),
             "hash-from-user" => Algorithm::Hash(HashKey::FromUser),
-            "hash-to" => Algorithm::Hash(HashKey::ToUri),
-            "hash-ruri" => Algorithm::Hash(HashKey::RequestUri),
-            "round-robin" => Algorithm::RoundRobin,
-            "weighted-random" => Algorithm::WeightedRandom,
-            "priority" => Algorithm::Priority,
+            "hash-to" | "2" => Algorithm::Hash(HashKey::ToUri),
+            "hash-ruri" | "3" => Algorithm::Hash(HashKey::RequestUri),
+            "round-robin" | "4" => Algorithm::RoundRobin,
+            "weighted-random" | "6" => Algorithm::WeightedRandom,
+            "priority" | "8" => Algorithm::Priority,
             "srv" => Algorithm::Srv,
             _ => return None,
         })
+    }
+
+    /// Its configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Hash(HashKey::CallId) => "hash-callid",
+            Algorithm::Hash(HashKey::FromUri) => "hash-from",
+            Algorithm::Hash(HashKey::FromUser) => "hash-from-user",
+            Algorithm::Hash(HashKey::ToUri) => "hash-to",
+            Algorithm::Hash(HashKey::RequestUri) => "hash-ruri",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRandom => "weighted-random",
+            Algorithm::Priority => "priority",
+            Algorithm::Srv => "srv",
+        }
+    }
+}
+
+/// `dispatch` flags, as OpenSIPS's `ds_select_dst` spells them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatchFlags {
+    /// `f`: on a failover code, try the next destination of the order.
+    pub failover: bool,
+    /// `u`: hash over the user part of the From, To or Request-URI only.
+    pub user_only: bool,
+}
+
+impl DispatchFlags {
+    /// Parses a flag string such as `"fu"`; `None` on an unknown letter.
+    pub fn parse(s: &str) -> Option<DispatchFlags> {
+        let mut f = DispatchFlags::default();
+        for c in s.chars() {
+            match c {
+                'f' | 'F' => f.failover = true,
+                'u' | 'U' => f.user_only = true,
+                _ => return None,
+            }
+        }
+        Some(f)
+    }
+}
+
+/// The bytes a [`HashKey`] hashes in a request (`None`: the header is
+/// missing or unparsable; the caller hashes nothing then, which still
+/// gives every such request the same destination).
+pub fn key_of<'a>(m: &siplb_parser::Message<'a>, key: HashKey, user_only: bool) -> Option<&'a [u8]> {
+    let uri = |u: &'a [u8], user: bool| -> Option<&'a [u8]> {
+        if user {
+            siplb_parser::Uri::parse(u).ok()?.user
+        } else {
+            Some(u)
+        }
+    };
+    match key {
+        HashKey::CallId => Some(m.call_id()),
+        HashKey::FromUri => uri(m.from().uri, user_only),
+        HashKey::FromUser => uri(m.from().uri, true),
+        HashKey::ToUri => uri(m.to().uri, user_only),
+        HashKey::RequestUri => uri(m.request_uri()?, user_only),
     }
 }
 

@@ -38,11 +38,15 @@
 //! ```
 //! A non-2xx final to INVITE is ACKed hop by hop (again for each
 //! retransmission). A final in the failover set, or a local 408, moves a
-//! load-balanced call to the next destination with a new branch (the
-//! attempt number grows) while attempts and eligible destinations remain;
-//! otherwise the final (or a 503) goes upstream.
+//! load-balanced call, or a request dispatched with flag `f` (INVITE or
+//! not), to the next destination with a new branch (the attempt number
+//! grows) while attempts and eligible destinations remain; otherwise the
+//! final (or a 503) goes upstream. How the next one is chosen is the
+//! transaction's `Selection`: again by load (the dialog's reservation moves
+//! with it), or the next enabled, untried destination of the dispatcher's
+//! order computed when the request arrived.
 //!
-//! # Dialog (one per load-balanced INVITE)
+//! # Dialog (one per load-balanced or dispatched INVITE, and per counted inbound call)
 //! ```text
 //! Early --2xx--> Confirmed --BYE (either side) / lifetime--> ended
 //!   +--final failure / CANCEL / timeout / BYE / lifetime--> ended
@@ -78,7 +82,8 @@ use siplb_parser::rewrite::{rewrite, Edit};
 use siplb_parser::{scan_datagram, Message, Method};
 
 use crate::config::{Action, Config};
-use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried};
+use crate::dispatch::{Algorithm, Candidate, DispatchFlags, MAX_CANDIDATES};
+use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried, MAX_TRIES};
 use msg::{BranchId, DialogId};
 use slab::{Key, Slab};
 pub use stats::Stats;
@@ -142,6 +147,32 @@ enum Cancel {
     Sent,
 }
 
+/// How a request's destination was chosen, and is chosen again when it
+/// fails (failover).
+#[derive(Clone, Copy, Debug)]
+enum Selection {
+    /// A fixed next hop (relay, in-dialog, no failover): the failure goes
+    /// upstream as it is.
+    Fixed,
+    /// `load_balance`: the next destination is chosen again by load and
+    /// the dialog's reservation moves to it.
+    Load {
+        group: u32,
+        resources: ResourceSet,
+        flags: Flags,
+    },
+    /// `dispatch` with failover: the destinations in the algorithm's order,
+    /// computed when the request arrived (the first is the one tried first).
+    Dispatch(Order),
+}
+
+/// A dispatcher's failover order (destination indices, best first).
+#[derive(Clone, Copy, Debug)]
+struct Order {
+    dests: [u16; MAX_TRIES],
+    len: u8,
+}
+
 /// A proxy transaction: server side, current client attempt, call routing.
 #[derive(Debug)]
 struct Txn {
@@ -166,7 +197,7 @@ struct Txn {
     deadline: Option<Instant>,
     cancel: Cancel,
     dialog: Option<Key>,
-    lb: Option<(u32, ResourceSet, Flags)>,
+    sel: Selection,
     tried: Tried,
     record_route: bool,
     remove_route: bool,
@@ -224,6 +255,8 @@ pub struct Proxy {
     expired: Vec<TimerRef>,
     out: VecDeque<Transmit>,
     rng: u64,
+    /// Round-robin position per dispatcher set.
+    ticks: HashMap<u32, u64>,
 }
 
 impl Proxy {
@@ -245,6 +278,7 @@ impl Proxy {
             expired: Vec::new(),
             out: VecDeque::new(),
             rng: seed | 1,
+            ticks: HashMap::new(),
             cfg,
             table,
             stats,
@@ -507,7 +541,7 @@ impl Proxy {
                     .flatten()
                     .and_then(|d| self.table.count_call(d, count));
                 let dialog = match hold {
-                    Some(h) => match self.new_dialog(now, m, h) {
+                    Some(h) => match self.new_dialog(now, m, Some(h)) {
                         Some(dk) => Some(dk),
                         None => {
                             self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
@@ -517,7 +551,19 @@ impl Proxy {
                     None => None,
                 };
                 if self
-                    .start_txn(now, local, src, m, key, addr, dialog, None, invite, false)
+                    .start_txn(
+                        now,
+                        local,
+                        src,
+                        m,
+                        key,
+                        addr,
+                        dialog,
+                        Selection::Fixed,
+                        None,
+                        invite,
+                        false,
+                    )
                     .is_none()
                 {
                     if let Some(dk) = dialog {
@@ -547,44 +593,168 @@ impl Proxy {
                     // Load is counted for calls only; other requests just
                     // go where a call would go.
                     table.release(hold);
-                    self.start_txn(now, local, src, m, key, dest, None, None, false, false);
+                    self.start_txn(
+                        now,
+                        local,
+                        src,
+                        m,
+                        key,
+                        dest,
+                        None,
+                        Selection::Fixed,
+                        None,
+                        false,
+                        false,
+                    );
                     return;
                 }
-                let Some(dk) = self.new_dialog(now, m, hold) else {
+                let Some(dk) = self.new_dialog(now, m, Some(hold)) else {
                     self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
                     return;
                 };
-                let mut tried = Tried::default();
-                tried.push(hold.dest);
-                let lb = Some((group, resources, flags));
+                let sel = Selection::Load {
+                    group,
+                    resources,
+                    flags,
+                };
                 if self
-                    .start_txn(now, local, src, m, key, dest, Some(dk), lb, true, false)
+                    .start_txn(
+                        now,
+                        local,
+                        src,
+                        m,
+                        key,
+                        dest,
+                        Some(dk),
+                        sel,
+                        Some(hold.dest),
+                        true,
+                        false,
+                    )
                     .is_none()
                 {
                     self.end_dialog(dk, End::Failed);
+                }
+            }
+            Action::Dispatch { set, algorithm, flags } => {
+                if self.hops_exhausted(local, src, m) {
                     return;
                 }
-                if let Some(&k) = self.index.get(&key) {
-                    if let Some(t) = self.txns.get_mut(k) {
-                        t.tried = tried;
+                let mut order = [0u16; MAX_CANDIDATES];
+                let n = self.dispatch_order(m, set, algorithm, flags, &mut order);
+                let Some(dest) = order[..n].first().and_then(|&i| self.table.dest(i)).map(|d| d.addr()) else {
+                    return self.no_capacity(local, src, m, LbError::NoDestination);
+                };
+                let first = order[0];
+                let sel = if flags.failover {
+                    let len = n.min(MAX_TRIES);
+                    let mut o = Order {
+                        dests: [0; MAX_TRIES],
+                        len: len as u8,
+                    };
+                    o.dests[..len].copy_from_slice(&order[..len]);
+                    Selection::Dispatch(o)
+                } else {
+                    Selection::Fixed
+                };
+                let invite = method == Method::Invite;
+                // A dispatched call is tracked as a dialog (no load held),
+                // so that dlg_list shows it and dlg_end can end it.
+                let dialog = if invite {
+                    match self.new_dialog(now, m, None) {
+                        Some(dk) => Some(dk),
+                        None => {
+                            self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                if self
+                    .start_txn(now, local, src, m, key, dest, dialog, sel, Some(first), invite, false)
+                    .is_none()
+                {
+                    if let Some(dk) = dialog {
+                        self.end_dialog(dk, End::Failed);
                     }
                 }
             }
         }
     }
 
+    /// Writes the dispatcher order of `set` for request `m` into `out`
+    /// (enabled destinations only, best first); returns how many.
+    fn dispatch_order(
+        &mut self,
+        m: &Message<'_>,
+        set: u32,
+        algorithm: Algorithm,
+        flags: DispatchFlags,
+        out: &mut [u16; MAX_CANDIDATES],
+    ) -> usize {
+        let mut candidates = [Candidate {
+            index: 0,
+            id: 0,
+            weight: 0,
+            priority: 0,
+            up: false,
+        }; MAX_CANDIDATES];
+        let mut n = 0;
+        for (i, d) in self.table.destinations().iter().enumerate() {
+            if d.config.group != set || n == MAX_CANDIDATES {
+                continue;
+            }
+            candidates[n] = Candidate {
+                index: i as u16,
+                id: d.config.id,
+                weight: d.config.weight,
+                priority: d.config.priority,
+                up: d.enabled(),
+            };
+            n += 1;
+        }
+        let key_hash = match algorithm {
+            Algorithm::Hash(k) => {
+                crate::dispatch::key_hash(crate::dispatch::key_of(m, k, flags.user_only).unwrap_or_default())
+            }
+            _ => 0,
+        };
+        let random = self.next_random();
+        let tick = match algorithm {
+            Algorithm::RoundRobin => {
+                let t = self.ticks.entry(set).or_insert(0);
+                let now = *t;
+                *t = t.wrapping_add(1);
+                now
+            }
+            _ => 0,
+        };
+        crate::dispatch::order(algorithm, &candidates[..n], key_hash, random, tick, out)
+    }
+
+    /// The next value of this worker's random source (xorshift64).
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
     /// Creates an early dialog holding `hold`; on a full table releases
     /// the hold and returns `None`.
-    fn new_dialog(&mut self, now: Instant, m: &Message<'_>, hold: Hold) -> Option<Key> {
+    fn new_dialog(&mut self, now: Instant, m: &Message<'_>, hold: Option<Hold>) -> Option<Key> {
         let lifetime = self.cfg.timers.dialog_lifetime;
         let dialog = Dialog {
             state: DialogState::Early,
-            hold: Some(hold),
+            hold,
             call_id: msg::hash(&[m.call_id()]),
             expires: now + lifetime,
         };
         let Some(dk) = self.dialogs.insert(dialog) else {
-            self.table.release(hold);
+            if let Some(hold) = hold {
+                self.table.release(hold);
+            }
             Stats::inc(&self.stats.table_full);
             return None;
         };
@@ -724,7 +894,7 @@ impl Proxy {
         }
         let key = txn_key(m, class(method));
         let invite = method == Method::Invite;
-        self.start_txn(now, local, src, m, key, dst, None, None, invite, true);
+        self.start_txn(now, local, src, m, key, dst, None, Selection::Fixed, None, invite, true);
     }
 
     fn on_cancel(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
@@ -817,10 +987,15 @@ impl Proxy {
         key: u64,
         dest: SocketAddr,
         dialog: Option<Key>,
-        lb: Option<(u32, ResourceSet, Flags)>,
+        sel: Selection,
+        first: Option<u16>,
         invite: bool,
         remove_route: bool,
     ) -> Option<Key> {
+        let mut tried = Tried::default();
+        if let Some(first) = first {
+            tried.push(first);
+        }
         let t = Txn {
             invite,
             key,
@@ -841,8 +1016,8 @@ impl Proxy {
             deadline: None,
             cancel: Cancel::No,
             dialog,
-            lb,
-            tried: Tried::default(),
+            sel,
+            tried,
             record_route: invite && !remove_route,
             remove_route,
             scheduled: None,
@@ -1015,6 +1190,12 @@ impl Proxy {
         t.client = Client::Done;
         t.a_next = None;
         t.deadline = None;
+        if !t.invite && code >= 300 {
+            // Failover (dispatch) or the final upstream: as for INVITE,
+            // without the hop-by-hop ACK.
+            self.failure(now, k, code, Some(m));
+            return;
+        }
         if !t.invite {
             let (l, dst) = (t.local, t.src);
             let out = self.relay_response(l, dst, m);
@@ -1091,10 +1272,11 @@ impl Proxy {
         let cfg = self.cfg.clone();
         let fo = &cfg.failover;
         let Some(t) = self.txns.get(k) else { return };
-        let (lb, dialog, cancel, server, tried, failed) = (t.lb, t.dialog, t.cancel, t.server, t.tried, t.dest);
-        let live = dialog.filter(|&d| self.dialogs.get(d).is_some());
+        let (sel, dialog, cancel, server, tried, failed) = (t.sel, t.dialog, t.cancel, t.server, t.tried, t.dest);
+        // A call whose dialog ended meanwhile (BYE, admin) is not retried.
+        let live = dialog.is_none_or(|d| self.dialogs.get(d).is_some());
         let mut exhausted = false;
-        if let (Some((group, set, flags)), Some(d)) = (lb, live) {
+        if !matches!(sel, Selection::Fixed) && live {
             if cancel == Cancel::No && server == Server::Proceeding && fo.is_failover_code(code) {
                 if fo.disable_on_failure {
                     if let Some(dest) = self.table.index_of_addr(failed).and_then(|i| self.table.dest(i)) {
@@ -1104,15 +1286,19 @@ impl Proxy {
                 }
                 exhausted = true;
                 if tried.len() < usize::from(fo.max_attempts) {
-                    if let Ok(hold) = self.select(group, set, flags, &tried) {
+                    if let Some((next, hold)) = self.reselect(sel, &tried) {
                         let table = self.table.clone();
-                        let old = self.dialogs.get_mut(d).and_then(|dl| dl.hold.replace(hold));
+                        // The call's reservation (load_balance) moves to the next one.
+                        let old = match (hold, dialog.and_then(|d| self.dialogs.get_mut(d))) {
+                            (Some(hold), Some(dl)) => dl.hold.replace(hold),
+                            (hold, _) => hold,
+                        };
                         if let Some(old) = old {
                             table.release(old);
                         }
-                        let dest = table.dest(hold.dest).map(|d| d.addr());
+                        let dest = table.dest(next).map(|d| d.addr());
                         if let Some(t) = self.txns.get_mut(k) {
-                            t.tried.push(hold.dest);
+                            t.tried.push(next);
                             t.attempt = t.attempt.wrapping_add(1);
                             t.dest = dest.unwrap_or(t.dest);
                             Stats::inc(&self.stats.failovers);
@@ -1131,6 +1317,28 @@ impl Proxy {
             self.finish_server(now, k, 503, None);
         } else {
             self.finish_server(now, k, code, resp);
+        }
+    }
+
+    /// The next destination for a failed-over request: chosen again by load
+    /// (with its reservation) or the next enabled, untried one of the
+    /// dispatcher's order.
+    fn reselect(&mut self, sel: Selection, tried: &Tried) -> Option<(u16, Option<Hold>)> {
+        match sel {
+            Selection::Fixed => None,
+            Selection::Load {
+                group,
+                resources,
+                flags,
+            } => self
+                .select(group, resources, flags, tried)
+                .ok()
+                .map(|h| (h.dest, Some(h))),
+            Selection::Dispatch(o) => o.dests[..usize::from(o.len)]
+                .iter()
+                .copied()
+                .find(|&i| !tried.contains(i) && self.table.dest(i).is_some_and(|d| d.enabled()))
+                .map(|i| (i, None)),
         }
     }
 
@@ -1272,13 +1480,10 @@ impl Proxy {
                         self.send(Local::Internal, dst, c);
                     }
                 }
-                self.failure(now, k, 408, None);
-            } else {
-                self.finish_server(now, k, 408, None);
-                if let Some(t) = self.txns.get_mut(k) {
-                    t.g_next = None;
-                }
             }
+            // An INVITE was CANCELled above when it had a provisional; a
+            // non-INVITE just fails (over).
+            self.failure(now, k, 408, None);
         }
         self.schedule_txn(k);
     }

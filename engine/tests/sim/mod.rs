@@ -680,12 +680,22 @@ struct UasCall {
 /// Picks a callee's plan for a Call-ID, and when it hangs up.
 pub type Chooser = Box<dyn FnMut(&str) -> (CalleePlan, Option<Duration>)>;
 
+/// Picks the final answer to an out-of-dialog non-INVITE request (REGISTER,
+/// MESSAGE...) by its Call-ID: a code, or `None` to stay silent.
+pub type NonInviteChooser = Box<dyn FnMut(&str) -> Option<u16>>;
+
 /// A destination: answers INVITEs by a plan chosen per call.
 pub struct Uas {
     pub addr: SocketAddr,
     calls: HashMap<String, UasCall>,
     chooser: Chooser,
     pub invites: u32,
+    /// How out-of-dialog non-INVITE requests are answered (default: 200).
+    pub non_invite: NonInviteChooser,
+    /// The answer given per (Call-ID, CSeq), repeated for retransmissions.
+    answered: HashMap<(String, u32), Option<u16>>,
+    /// Distinct out-of-dialog non-INVITE requests received (REGISTER...).
+    pub non_invites: u32,
 }
 
 impl Uas {
@@ -697,6 +707,9 @@ impl Uas {
             calls: HashMap::new(),
             chooser,
             invites: 0,
+            non_invite: Box::new(|_| Some(200)),
+            answered: HashMap::new(),
+            non_invites: 0,
         }
     }
 
@@ -853,7 +866,23 @@ impl Uas {
                 return out;
             }
             let Some(c) = self.calls.get_mut(&id) else {
-                if method != Method::Ack {
+                if method != Method::Ack && m.to_tag().is_none() && method != Method::Cancel {
+                    // An out-of-dialog request (REGISTER...): answer by plan,
+                    // the same way for its retransmissions.
+                    let key = (id.clone(), m.cseq().seq);
+                    let answer = match self.answered.get(&key) {
+                        Some(a) => *a,
+                        None => {
+                            self.non_invites += 1;
+                            let a = (self.non_invite)(&id);
+                            self.answered.insert(key, a);
+                            a
+                        }
+                    };
+                    if let Some(code) = answer {
+                        out.push((from, response(&m, code, &format!("r{}", me.port()), me)));
+                    }
+                } else if method != Method::Ack {
                     out.push((from, response(&m, 481, "x", me)));
                 }
                 return out;
@@ -965,6 +994,9 @@ pub struct World {
     queue: BTreeMap<(Instant, u64), Packet>,
     seq: u64,
     pub delivered: u64,
+    /// Datagrams delivered to addresses that are neither siplb, the UAC nor
+    /// a UAS (such as a registering client's answers).
+    pub others: Vec<Packet>,
 }
 
 impl World {
@@ -987,6 +1019,7 @@ impl World {
             queue: BTreeMap::new(),
             seq: 0,
             delivered: 0,
+            others: Vec::new(),
         }
     }
 
@@ -1101,7 +1134,23 @@ impl World {
             for (dst, b) in out {
                 self.send(p.to, dst, b);
             }
+            return;
         }
+        self.others.push(p);
+    }
+
+    /// Final status codes the address `to` received, per Call-ID (the
+    /// first one for each; a retransmitted final is counted once).
+    pub fn finals_to(&self, to: SocketAddr) -> BTreeMap<String, u16> {
+        let mut out = BTreeMap::new();
+        for p in self.others.iter().filter(|p| p.to == to) {
+            if let Ok(m) = scan_datagram(&p.bytes) {
+                if m.status().is_some_and(|c| c >= 200) {
+                    out.entry(text(m.call_id())).or_insert(m.status().unwrap_or(0));
+                }
+            }
+        }
+        out
     }
 
     /// Load counters equal the holds of live dialogs, resource by resource.
