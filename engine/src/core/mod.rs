@@ -1274,39 +1274,38 @@ impl Proxy {
         let Some(t) = self.txns.get(k) else { return };
         let (sel, dialog, cancel, server, tried, failed) = (t.sel, t.dialog, t.cancel, t.server, t.tried, t.dest);
         // A call whose dialog ended meanwhile (BYE, admin) is not retried.
-        let live = dialog.is_none_or(|d| self.dialogs.get(d).is_some());
+        let live = dialog.map_or(true, |d| self.dialogs.get(d).is_some());
         let mut exhausted = false;
-        if !matches!(sel, Selection::Fixed) && live {
-            if cancel == Cancel::No && server == Server::Proceeding && fo.is_failover_code(code) {
-                if fo.disable_on_failure {
-                    if let Some(dest) = self.table.index_of_addr(failed).and_then(|i| self.table.dest(i)) {
-                        // Logged and counted there; probing (or an operator) brings it back.
-                        dest.call_failed(code, now);
-                    }
+        let retry = !matches!(sel, Selection::Fixed) && live;
+        if retry && cancel == Cancel::No && server == Server::Proceeding && fo.is_failover_code(code) {
+            if fo.disable_on_failure {
+                if let Some(dest) = self.table.index_of_addr(failed).and_then(|i| self.table.dest(i)) {
+                    // Logged and counted there; probing (or an operator) brings it back.
+                    dest.call_failed(code, now);
                 }
-                exhausted = true;
-                if tried.len() < usize::from(fo.max_attempts) {
-                    if let Some((next, hold)) = self.reselect(sel, &tried) {
-                        let table = self.table.clone();
-                        // The call's reservation (load_balance) moves to the next one.
-                        let old = match (hold, dialog.and_then(|d| self.dialogs.get_mut(d))) {
-                            (Some(hold), Some(dl)) => dl.hold.replace(hold),
-                            (hold, _) => hold,
-                        };
-                        if let Some(old) = old {
-                            table.release(old);
-                        }
-                        let dest = table.dest(next).map(|d| d.addr());
-                        if let Some(t) = self.txns.get_mut(k) {
-                            t.tried.push(next);
-                            t.attempt = t.attempt.wrapping_add(1);
-                            t.dest = dest.unwrap_or(t.dest);
-                            Stats::inc(&self.stats.failovers);
-                            tracing::info!(code, from = %failed, to = %t.dest, attempt = t.attempt, "failover");
-                        }
-                        if self.send_attempt(now, k, None) {
-                            return;
-                        }
+            }
+            exhausted = true;
+            if tried.len() < usize::from(fo.max_attempts) {
+                if let Some((next, hold)) = self.reselect(sel, &tried) {
+                    let table = self.table.clone();
+                    // The call's reservation (load_balance) moves to the next one.
+                    let old = match (hold, dialog.and_then(|d| self.dialogs.get_mut(d))) {
+                        (Some(hold), Some(dl)) => dl.hold.replace(hold),
+                        (hold, _) => hold,
+                    };
+                    if let Some(old) = old {
+                        table.release(old);
+                    }
+                    let dest = table.dest(next).map(|d| d.addr());
+                    if let Some(t) = self.txns.get_mut(k) {
+                        t.tried.push(next);
+                        t.attempt = t.attempt.wrapping_add(1);
+                        t.dest = dest.unwrap_or(t.dest);
+                        Stats::inc(&self.stats.failovers);
+                        tracing::info!(code, from = %failed, to = %t.dest, attempt = t.attempt, "failover");
+                    }
+                    if self.send_attempt(now, k, None) {
+                        return;
                     }
                 }
             }
@@ -1472,13 +1471,11 @@ impl Proxy {
             t.a_next = None;
             let proceeding = t.client == Client::Proceeding;
             t.client = Client::Done;
-            if t.invite {
-                if proceeding && t.cancel != Cancel::Sent {
-                    if let Ok(sent) = scan_datagram(&t.out) {
-                        let c = msg::cancel_for(&sent);
-                        let dst = t.dest;
-                        self.send(Local::Internal, dst, c);
-                    }
+            if t.invite && proceeding && t.cancel != Cancel::Sent {
+                if let Ok(sent) = scan_datagram(&t.out) {
+                    let c = msg::cancel_for(&sent);
+                    let dst = t.dest;
+                    self.send(Local::Internal, dst, c);
                 }
             }
             // An INVITE was CANCELled above when it had a provisional; a
