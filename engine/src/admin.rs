@@ -28,7 +28,17 @@
 //!   OpenSIPS's shape (`PARTITIONS` / `SETS` / `Destinations`);
 //! - `ds_set_state` / `dispatcher:set_state` (`state, group, address`):
 //!   `a` (or `1`) enables, `i` (`0`) disables (sticky), `p` (`2`) takes a
-//!   destination out until probing finds it alive.
+//!   destination out until probing finds it alive;
+//! - `dlg_list` / `dialog:list` (`[callid]`): the live dialogs in OpenSIPS's
+//!   shape (`Dialogs`, or `Dialog` for one Call-ID) plus siplb's
+//!   `destination` and `resources`;
+//! - `dlg_end` / `dlg_end_dlg` / `dialog:end_dlg` (`callid` or
+//!   `dialog_id`): ends the dialogs of that Call-ID: a BYE to both sides, the
+//!   load released at once (an early one is CANCELled).
+//!
+//! Dialogs live in the workers; the admin thread asks them over their
+//! control queues ([`crate::runtime::Controller`]) and waits for the
+//! answers (at most [`CONTROL_TIMEOUT`]).
 //!
 //! Parameters come as an array (positional) or an object (named), values
 //! as strings or numbers, as opensips-cli sends them. Errors are JSON-RPC
@@ -48,7 +58,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
-use crate::core::Stats;
+use crate::core::{Control, ControlReply, DialogView, Stats};
 use crate::lb::{DestState, Reason, Table};
 use crate::reload::Live;
 
@@ -66,7 +76,12 @@ pub struct View {
     /// The running state, for reloads (`view.table` is refreshed from it
     /// before each request); `None`: reload commands fail.
     pub live: Option<Arc<Live>>,
+    /// The workers' control queues (`None`: no dialog commands).
+    pub control: Option<crate::runtime::Controller>,
 }
+
+/// How long a dialog command waits for the workers.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
 const COMMANDS: &[&str] = &[
     "which",
@@ -87,6 +102,11 @@ const COMMANDS: &[&str] = &[
     "dispatcher:list",
     "ds_set_state",
     "dispatcher:set_state",
+    "dlg_list",
+    "dialog:list",
+    "dlg_end",
+    "dlg_end_dlg",
+    "dialog:end_dlg",
 ];
 
 /// Starts the admin server on `addr`; it exits when `stop` is set.
@@ -216,6 +236,8 @@ pub fn handle(body: &str, view: &View) -> Value {
             Some("version") | Some("uptime") => json!([[]]),
             Some("ds_list") | Some("dispatcher:list") => json!([[], ["full"]]),
             Some("ds_set_state") | Some("dispatcher:set_state") => json!([["state", "group", "address"]]),
+            Some("dlg_list") | Some("dialog:list") => json!([[], ["callid"]]),
+            Some("dlg_end") | Some("dlg_end_dlg") | Some("dialog:end_dlg") => json!([["callid"], ["dialog_id"]]),
             Some(c) if COMMANDS.contains(&c) => json!([[]]),
             Some(c) => return error(id, -32601, &format!("Method not found: {c}")),
             None => json!(COMMANDS),
@@ -330,6 +352,54 @@ pub fn handle(body: &str, view: &View) -> Value {
             Ok(()) => json!("OK"),
             Err((code, message)) => return error(id, code, message),
         },
+        "dlg_list" | "dialog:list" => {
+            let call_id = param(&params, 0, "callid");
+            let cmd = Control::ListDialogs {
+                call_id: call_id.clone().map(String::into_bytes),
+            };
+            let dialogs: Vec<Value> = match ask(view, &cmd) {
+                Ok(replies) => replies
+                    .into_iter()
+                    .flat_map(|r| match r {
+                        ControlReply::Dialogs(d) => d,
+                        ControlReply::Ended(_) => Vec::new(),
+                    })
+                    .map(|d| dialog_json(view, &d))
+                    .collect(),
+                Err(e) => return error(id, 500, &e),
+            };
+            match call_id {
+                None => json!({ "Dialogs": dialogs }),
+                Some(_) => match dialogs.into_iter().next() {
+                    Some(d) => json!({ "Dialog": d }),
+                    None => return error(id, 404, "No such dialog"),
+                },
+            }
+        }
+        "dlg_end" | "dlg_end_dlg" | "dialog:end_dlg" => {
+            let Some(call_id) = param(&params, 0, "callid").or_else(|| param(&params, 0, "dialog_id")) else {
+                return error(id, -32602, "Invalid params: callid");
+            };
+            let cmd = Control::EndDialogs {
+                call_id: call_id.into_bytes(),
+            };
+            match ask(view, &cmd) {
+                Ok(replies) => {
+                    let ended: usize = replies
+                        .into_iter()
+                        .map(|r| match r {
+                            ControlReply::Ended(n) => n,
+                            ControlReply::Dialogs(_) => 0,
+                        })
+                        .sum();
+                    if ended == 0 {
+                        return error(id, 404, "Dialog not found");
+                    }
+                    json!("OK")
+                }
+                Err(e) => return error(id, 500, &e),
+            }
+        }
         "get_statistics" => {
             let wanted: Vec<String> = match &params {
                 Value::Array(a) => a.iter().flat_map(names).collect(),
@@ -501,6 +571,60 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Asks every worker; the error is the message for the JSON-RPC error.
+fn ask(view: &View, cmd: &Control) -> Result<Vec<ControlReply>, String> {
+    let c = view.control.as_ref().ok_or("no workers to ask")?;
+    c.ask(cmd, CONTROL_TIMEOUT).map_err(|e| e.to_string())
+}
+
+/// One dialog in OpenSIPS's `dlg_list` shape (state 2 early, 4
+/// confirmed; times in Unix seconds), plus `destination` and `resources`.
+pub fn dialog_json(view: &View, d: &DialogView) -> Value {
+    let unix = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    };
+    let now = std::time::SystemTime::now();
+    let start = unix(now.checked_sub(d.age));
+    let timeout = unix(now.checked_add(d.expires_in));
+    let mut item = json!({
+        "ID": format!("{}.{}.{}", d.worker, d.index, d.generation),
+        "state": if d.confirmed { 4 } else { 2 },
+        "timestart": start,
+        "timeout": timeout,
+        "callid": d.call_id,
+        "from_uri": d.from_uri,
+        "to_uri": d.to_uri,
+        "caller_tag": d.from_tag,
+        "caller_contact": d.caller_contact,
+        "CALLEES": if d.confirmed {
+            json!([{"callee_tag": d.to_tag, "callee_contact": d.callee_contact}])
+        } else {
+            json!([])
+        },
+    });
+    let dest = d.hold.and_then(|h| view.table.dest(h.dest)).or_else(|| {
+        d.destination
+            .and_then(|a| view.table.destinations().iter().find(|x| x.addr() == a))
+    });
+    item["destination"] = match dest {
+        Some(x) => json!({"id": x.config.id, "group": x.config.group, "uri": x.config.uri}),
+        None => d
+            .destination
+            .map_or(Value::Null, |a| json!({ "uri": format!("sip:{a}") })),
+    };
+    let names = view.table.resource_names();
+    item["resources"] = json!(d
+        .hold
+        .map(|h| h
+            .resources
+            .iter()
+            .filter_map(|r| names.get(r).cloned())
+            .collect::<Vec<_>>())
+        .unwrap_or_default());
+    item
+}
+
 /// A dispatcher state letter as OpenSIPS names it.
 fn ds_state(d: &crate::lb::DestState) -> &'static str {
     if d.enabled() {
@@ -618,6 +742,7 @@ mod tests {
             started: Instant::now(),
             token: None,
             live: None,
+            control: None,
         }
     }
 

@@ -55,6 +55,15 @@
 //! transition to *ended* gives it back, exactly once (`Option::take`).
 //! Counters: early, active (confirmed), processed, expired, failed.
 //!
+//! # Control (admin API)
+//! [`Proxy::handle_control`] answers [`Control`] messages that the runtime
+//! passes from the admin thread (the admin never touches a worker's
+//! tables): list the dialogs (`dlg_list`), end the dialogs of a Call-ID
+//! (`dlg_end`). Ending a confirmed dialog releases its load at once and
+//! sends a BYE to each side, as siplb's own transactions (retransmitted
+//! until answered or `fr_timeout`); an early dialog is CANCELled downstream
+//! and ends with the 487 as a caller's CANCEL would.
+//!
 //! # Timers
 //! One [`timer::TimerWheel`] per proxy (10 ms ticks, 40.96 s span, a heap
 //! beyond): a timer fires at most one tick late, never early. Entries are
@@ -115,6 +124,65 @@ pub struct Transmit {
     pub payload: Vec<u8>,
 }
 
+/// An order or a question from the control plane (admin API) to one worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// The worker's live dialogs, or only those with this Call-ID.
+    ListDialogs {
+        /// Only this Call-ID.
+        call_id: Option<Vec<u8>>,
+    },
+    /// Ends the dialogs with this Call-ID (see the module docs).
+    EndDialogs {
+        /// The Call-ID.
+        call_id: Vec<u8>,
+    },
+}
+
+/// A worker's answer to a [`Control`].
+#[derive(Clone, Debug)]
+pub enum ControlReply {
+    /// Answer to [`Control::ListDialogs`].
+    Dialogs(Vec<DialogView>),
+    /// Answer to [`Control::EndDialogs`]: how many were ended.
+    Ended(usize),
+}
+
+/// A live dialog as `dlg_list` shows it.
+#[derive(Clone, Debug)]
+pub struct DialogView {
+    /// The worker that owns it.
+    pub worker: u16,
+    /// Its slot.
+    pub index: u32,
+    /// The slot's generation.
+    pub generation: u32,
+    /// Confirmed (2xx seen), else early.
+    pub confirmed: bool,
+    /// Call-ID.
+    pub call_id: String,
+    /// The From URI.
+    pub from_uri: String,
+    /// The To URI.
+    pub to_uri: String,
+    /// The caller's tag.
+    pub from_tag: String,
+    /// The callee's tag (empty while early).
+    pub to_tag: String,
+    /// The caller's Contact URI.
+    pub caller_contact: String,
+    /// The callee's Contact URI (empty while early).
+    pub callee_contact: String,
+    /// The load the dialog holds (destination index and resources).
+    pub hold: Option<Hold>,
+    /// Where the call was sent.
+    pub destination: Option<SocketAddr>,
+    /// Time since the INVITE.
+    pub age: Duration,
+    /// Time left before the lifetime expires it.
+    pub expires_in: Duration,
+}
+
 /// What became of a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Disposition {
@@ -138,6 +206,14 @@ enum Client {
     Calling,
     Proceeding,
     Done,
+}
+
+/// A transaction's origin: relayed on behalf of a peer, or siplb's own
+/// request (a BYE of `dlg_end`), which has no server side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Relayed,
+    Local,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +252,7 @@ struct Order {
 /// A proxy transaction: server side, current client attempt, call routing.
 #[derive(Debug)]
 struct Txn {
+    origin: Origin,
     invite: bool,
     key: u64,
     src: SocketAddr,
@@ -217,18 +294,48 @@ enum End {
     Failed,
     Expired,
     Shutdown,
+    Admin,
 }
 
 /// Bytes of one tracked dialog record (its slab slot included).
 pub const DIALOG_SIZE: usize = std::mem::size_of::<Dialog>() + 8;
 
-/// A tracked dialog. Small and fixed-size (see [`DIALOG_SIZE`]).
+/// A tracked dialog. Small and fixed-size (see [`DIALOG_SIZE`]), plus the
+/// boxed [`DialogInfo`].
 #[derive(Debug)]
 struct Dialog {
     state: DialogState,
     hold: Option<Hold>,
     call_id: u64,
     expires: Instant,
+    info: Box<DialogInfo>,
+}
+
+/// What `dlg_list` shows and `dlg_end` needs to send BYEs: copied once from
+/// the INVITE and once from its 2xx.
+#[derive(Debug)]
+struct DialogInfo {
+    start: Instant,
+    call_id: Vec<u8>,
+    /// The From header value (with the caller's tag).
+    from: Vec<u8>,
+    /// The To header value (with the callee's tag once confirmed).
+    to: Vec<u8>,
+    from_tag: Vec<u8>,
+    to_tag: Vec<u8>,
+    caller_contact: Vec<u8>,
+    callee_contact: Vec<u8>,
+    /// Route set towards the caller (the INVITE's Record-Route, in order).
+    caller_routes: Vec<Vec<u8>>,
+    /// Route set towards the callee (the 2xx's Record-Route above ours, reversed).
+    callee_routes: Vec<Vec<u8>>,
+    /// Socket and address the INVITE came from.
+    caller: (Local, SocketAddr),
+    /// Where the INVITE went.
+    callee: Option<SocketAddr>,
+    /// Highest CSeq seen from each side.
+    caller_cseq: u32,
+    callee_cseq: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -246,6 +353,8 @@ pub struct Proxy {
     worker: u16,
     epoch: u32,
     via_host: Vec<u8>,
+    /// Sent-by of the Via of siplb's own requests towards callers.
+    public_via: Vec<u8>,
     record_route_host: Vec<u8>,
     ours: Vec<SocketAddr>,
     txns: Slab<Txn>,
@@ -269,6 +378,7 @@ impl Proxy {
         ours.push(cfg.advertised);
         Proxy {
             via_host: format!("SIP/2.0/UDP {internal}").into_bytes(),
+            public_via: format!("SIP/2.0/UDP {}", cfg.advertised).into_bytes(),
             record_route_host: format!("<sip:{};lr", cfg.advertised).into_bytes(),
             ours,
             txns: Slab::new(cfg.limits.max_transactions, 0),
@@ -407,6 +517,192 @@ impl Proxy {
         self.expired = due;
     }
 
+    /// Answers a control-plane message (see the module docs).
+    pub fn handle_control(&mut self, now: Instant, cmd: Control) -> ControlReply {
+        self.timers.observe(now);
+        match cmd {
+            Control::ListDialogs { call_id } => {
+                let want = call_id.as_deref().map(|c| (msg::hash(&[c]), c));
+                let list = self
+                    .dialogs
+                    .iter()
+                    .filter(|(_, d)| want.map_or(true, |(h, c)| d.call_id == h && d.info.call_id == c))
+                    .map(|(k, d)| self.view(now, k, d))
+                    .collect();
+                ControlReply::Dialogs(list)
+            }
+            Control::EndDialogs { call_id } => {
+                let h = msg::hash(&[&call_id]);
+                let keys: Vec<Key> = self
+                    .dialogs
+                    .iter()
+                    .filter(|(_, d)| d.call_id == h && d.info.call_id == call_id)
+                    .map(|(k, _)| k)
+                    .collect();
+                for &k in &keys {
+                    self.end_by_admin(now, k);
+                }
+                ControlReply::Ended(keys.len())
+            }
+        }
+    }
+
+    fn view(&self, now: Instant, k: Key, d: &Dialog) -> DialogView {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let uri = |v: &[u8]| {
+            siplb_parser::NameAddr::parse(v)
+                .map(|na| text(na.uri))
+                .unwrap_or_else(|_| text(v))
+        };
+        let i = &d.info;
+        DialogView {
+            worker: self.worker,
+            index: k.index,
+            generation: k.generation,
+            confirmed: d.state == DialogState::Confirmed,
+            call_id: text(&i.call_id),
+            from_uri: uri(&i.from),
+            to_uri: uri(&i.to),
+            from_tag: text(&i.from_tag),
+            to_tag: text(&i.to_tag),
+            caller_contact: text(&i.caller_contact),
+            callee_contact: text(&i.callee_contact),
+            hold: d.hold,
+            destination: i.callee,
+            age: now.saturating_duration_since(i.start),
+            expires_in: d.expires.saturating_duration_since(now),
+        }
+    }
+
+    /// `dlg_end` of one dialog: a confirmed one gets a BYE on each side and
+    /// ends now; an early one is CANCELled downstream (and ends with the 487).
+    fn end_by_admin(&mut self, now: Instant, k: Key) {
+        let Some(d) = self.dialogs.get(k) else { return };
+        if d.state == DialogState::Early {
+            let txn = self
+                .txns
+                .iter()
+                .find(|(_, t)| t.dialog == Some(k) && t.invite && t.server == Server::Proceeding)
+                .map(|(tk, t)| (tk, t.client, t.cancel));
+            match txn {
+                Some((tk, Client::Proceeding, Cancel::No)) => {
+                    if let Some(t) = self.txns.get_mut(tk) {
+                        t.cancel = Cancel::Sent;
+                    }
+                    self.send_cancel(now, tk);
+                }
+                Some((tk, Client::Calling, Cancel::No)) => {
+                    if let Some(t) = self.txns.get_mut(tk) {
+                        t.cancel = Cancel::Pending;
+                    }
+                }
+                Some(_) => {}
+                // No transaction left to cancel: just end it.
+                None => self.end_dialog(k, End::Admin),
+            }
+            return;
+        }
+        let i = &d.info;
+        let callee = i.callee.map(|dst| {
+            (
+                Local::Internal,
+                dst,
+                i.callee_contact.clone(),
+                i.callee_routes.clone(),
+                i.from.clone(),
+                i.to.clone(),
+                i.caller_cseq.saturating_add(1),
+            )
+        });
+        let caller = (
+            i.caller.0,
+            i.caller.1,
+            i.caller_contact.clone(),
+            i.caller_routes.clone(),
+            i.to.clone(),
+            i.from.clone(),
+            i.callee_cseq.saturating_add(1),
+        );
+        let call_id = i.call_id.clone();
+        self.end_dialog(k, End::Admin);
+        for (local, dst, ruri, routes, from, to, cseq) in callee.into_iter().chain([caller]) {
+            if ruri.is_empty() {
+                continue;
+            }
+            self.send_local_bye(now, local, dst, &ruri, &routes, &from, &to, &call_id, cseq);
+        }
+    }
+
+    /// Sends a BYE of siplb's own as a client transaction of its own
+    /// (retransmitted until answered or `fr_timeout`).
+    #[allow(clippy::too_many_arguments)]
+    fn send_local_bye(
+        &mut self,
+        now: Instant,
+        local: Local,
+        dst: SocketAddr,
+        ruri: &[u8],
+        routes: &[Vec<u8>],
+        from: &[u8],
+        to: &[u8],
+        call_id: &[u8],
+        cseq: u32,
+    ) {
+        let timers = self.cfg.timers;
+        let t = Txn {
+            origin: Origin::Local,
+            invite: false,
+            key: 0,
+            src: dst,
+            local,
+            request: Vec::new(),
+            server: Server::Proceeding,
+            last_response: None,
+            g_interval: timers.t1,
+            g_next: None,
+            remove_at: None,
+            client: Client::Calling,
+            attempt: 0,
+            dest: dst,
+            out: Vec::new(),
+            a_interval: timers.t1,
+            a_next: Some(now + timers.t1),
+            deadline: Some(now + timers.fr_timeout),
+            cancel: Cancel::No,
+            dialog: None,
+            sel: Selection::Fixed,
+            tried: Tried::default(),
+            record_route: false,
+            remove_route: false,
+            scheduled: None,
+        };
+        let Some(k) = self.txns.insert(t) else {
+            Stats::inc(&self.stats.table_full);
+            return;
+        };
+        let branch = BranchId {
+            epoch: self.epoch,
+            worker: self.worker,
+            index: k.index,
+            generation: k.generation,
+            attempt: 0,
+        }
+        .encode();
+        // Towards a caller, the Via names the public address (answers may
+        // reach any worker; the branch brings them to this one).
+        let via = match local {
+            Local::Internal => self.via_host.clone(),
+            Local::Public(_) => self.public_via.clone(),
+        };
+        let bye = msg::bye(&via, &branch, ruri, routes, from, to, call_id, cseq);
+        if let Some(t) = self.txns.get_mut(k) {
+            t.out = bye.clone();
+        }
+        Stats::inc(&self.stats.relayed_requests);
+        self.send(local, dst, bye);
+        self.schedule_txn(k);
+    }
+
     /// The worker that owns a message, when siplb's own marks say so.
     fn owner(&self, msg: &Message<'_>) -> Option<u16> {
         if msg.is_request() {
@@ -541,7 +837,7 @@ impl Proxy {
                     .flatten()
                     .and_then(|d| self.table.count_call(d, count));
                 let dialog = match hold {
-                    Some(h) => match self.new_dialog(now, m, Some(h)) {
+                    Some(h) => match self.new_dialog(now, m, Some(h), (local, src)) {
                         Some(dk) => Some(dk),
                         None => {
                             self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
@@ -608,7 +904,7 @@ impl Proxy {
                     );
                     return;
                 }
-                let Some(dk) = self.new_dialog(now, m, Some(hold)) else {
+                let Some(dk) = self.new_dialog(now, m, Some(hold), (local, src)) else {
                     self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
                     return;
                 };
@@ -661,7 +957,7 @@ impl Proxy {
                 // A dispatched call is tracked as a dialog (no load held),
                 // so that dlg_list shows it and dlg_end can end it.
                 let dialog = if invite {
-                    match self.new_dialog(now, m, None) {
+                    match self.new_dialog(now, m, None, (local, src)) {
                         Some(dk) => Some(dk),
                         None => {
                             self.reply(local, src, m, 503, "Service Unavailable", b"Retry-After: 5\r\n");
@@ -743,13 +1039,37 @@ impl Proxy {
 
     /// Creates an early dialog holding `hold`; on a full table releases
     /// the hold and returns `None`.
-    fn new_dialog(&mut self, now: Instant, m: &Message<'_>, hold: Option<Hold>) -> Option<Key> {
+    fn new_dialog(
+        &mut self,
+        now: Instant,
+        m: &Message<'_>,
+        hold: Option<Hold>,
+        caller: (Local, SocketAddr),
+    ) -> Option<Key> {
         let lifetime = self.cfg.timers.dialog_lifetime;
+        let header = |name: &[u8]| m.header(name).map(|h| h.value.to_vec()).unwrap_or_default();
+        let info = DialogInfo {
+            start: now,
+            call_id: m.call_id().to_vec(),
+            from: header(b"From"),
+            to: header(b"To"),
+            from_tag: m.from_tag().unwrap_or_default().to_vec(),
+            to_tag: Vec::new(),
+            caller_contact: m.contacts().next().map(|c| c.uri.to_vec()).unwrap_or_default(),
+            callee_contact: Vec::new(),
+            caller_routes: m.record_route_values().map(<[u8]>::to_vec).collect(),
+            callee_routes: Vec::new(),
+            caller,
+            callee: None,
+            caller_cseq: m.cseq().seq,
+            callee_cseq: 0,
+        };
         let dialog = Dialog {
             state: DialogState::Early,
             hold,
             call_id: msg::hash(&[m.call_id()]),
             expires: now + lifetime,
+            info: Box::new(info),
         };
         let Some(dk) = self.dialogs.insert(dialog) else {
             if let Some(hold) = hold {
@@ -863,6 +1183,15 @@ impl Proxy {
         };
         if self.hops_exhausted(local, src, m) {
             return;
+        }
+        if let Some(dl) = dialog.and_then(|k| self.dialogs.get_mut(k)) {
+            // The highest CSeq of each side, for the BYEs of dlg_end.
+            let seq = m.cseq().seq;
+            if m.from_tag() == Some(dl.info.from_tag.as_slice()) {
+                dl.info.caller_cseq = dl.info.caller_cseq.max(seq);
+            } else {
+                dl.info.callee_cseq = dl.info.callee_cseq.max(seq);
+            }
         }
         let next = match m.route_values().nth(1) {
             Some(r) => siplb_parser::NameAddr::parse(r)
@@ -997,6 +1326,7 @@ impl Proxy {
             tried.push(first);
         }
         let t = Txn {
+            origin: Origin::Relayed,
             invite,
             key,
             src,
@@ -1135,6 +1465,26 @@ impl Proxy {
             }
             return;
         };
+        if t.origin == Origin::Local {
+            // The answer to siplb's own BYE: nothing goes anywhere.
+            Stats::inc(&self.stats.absorbed);
+            let t2 = self.cfg.timers.t2;
+            let t1 = self.cfg.timers.t1;
+            let Some(t) = self.txns.get_mut(k) else { return };
+            if code >= 200 && t.client != Client::Done {
+                t.client = Client::Done;
+                t.a_next = None;
+                t.deadline = None;
+                t.server = Server::Completed;
+                // Linger to absorb retransmitted finals.
+                t.remove_at = Some(now + 64 * t1);
+            } else if code < 200 {
+                t.client = Client::Proceeding;
+                t.a_interval = t2;
+            }
+            self.schedule_txn(k);
+            return;
+        }
         if id.attempt != t.attempt || t.client == Client::Done {
             if is_invite && code >= 300 {
                 let sent = t.out.clone();
@@ -1212,7 +1562,7 @@ impl Proxy {
             return;
         }
         if (200..300).contains(&code) {
-            let (l, dst, dialog) = (t.local, t.src, t.dialog);
+            let (l, dst, dialog, callee) = (t.local, t.src, t.dialog, t.dest);
             let _ = self.relay_response(l, dst, m);
             let Some(t) = self.txns.get_mut(k) else { return };
             // Nothing more is sent for this transaction: 2xx
@@ -1225,7 +1575,7 @@ impl Proxy {
             t.g_next = None;
             t.remove_at = Some(now + timers.linger);
             if let Some(d) = dialog {
-                self.confirm_dialog(now, d);
+                self.confirm_dialog(now, d, m, callee);
             }
             self.schedule_txn(k);
             return;
@@ -1452,8 +1802,14 @@ impl Proxy {
             t.a_interval = interval;
             t.a_next = Some(now + interval);
             let (dst, out) = (t.dest, t.out.clone());
+            // siplb's own requests leave by the socket they were sent from.
+            let via = if t.origin == Origin::Local {
+                t.local
+            } else {
+                Local::Internal
+            };
             Stats::inc(&self.stats.retransmissions);
-            self.send(Local::Internal, dst, out);
+            self.send(via, dst, out);
         }
         let Some(t) = self.txns.get_mut(k) else { return };
         if t.g_next.is_some_and(|g| g <= now) {
@@ -1466,6 +1822,11 @@ impl Proxy {
             }
         }
         let Some(t) = self.txns.get_mut(k) else { return };
+        if t.origin == Origin::Local && t.deadline.is_some_and(|d| d <= now) {
+            // siplb's own BYE was never answered: give up quietly.
+            self.remove_txn(k);
+            return;
+        }
         if t.deadline.is_some_and(|d| d <= now) {
             t.deadline = None;
             t.a_next = None;
@@ -1495,12 +1856,24 @@ impl Proxy {
 
     // ---- dialogs ---------------------------------------------------------
 
-    fn confirm_dialog(&mut self, now: Instant, k: Key) {
+    fn confirm_dialog(&mut self, now: Instant, k: Key, ok: &Message<'_>, callee: SocketAddr) {
         let lifetime = self.cfg.timers.dialog_lifetime;
         let Some(d) = self.dialogs.get_mut(k) else { return };
         if d.state == DialogState::Early {
             d.state = DialogState::Confirmed;
             d.expires = now + lifetime;
+            let info = &mut d.info;
+            info.to = ok.header(b"To").map(|h| h.value.to_vec()).unwrap_or_default();
+            info.to_tag = ok.to_tag().unwrap_or_default().to_vec();
+            info.callee_contact = ok.contacts().next().map(|c| c.uri.to_vec()).unwrap_or_default();
+            // Record-Route in the 2xx: [proxies towards the callee..., ours,
+            // proxies towards the caller...]; towards the callee, the ones
+            // above ours, nearest first.
+            let rr: Vec<&[u8]> = ok.record_route_values().collect();
+            if let Some(ours) = rr.iter().position(|r| msg::route_is_ours(r, &self.ours)) {
+                info.callee_routes = rr[..ours].iter().rev().map(|r| r.to_vec()).collect();
+            }
+            info.callee = Some(callee);
             Stats::dec(&self.stats.early_dialogs);
             Stats::inc(&self.stats.active_dialogs);
             self.schedule(now + lifetime, TimerRef::Dialog(k.index, k.generation));

@@ -353,6 +353,41 @@ pub fn cancel_for(sent: &Message<'_>) -> Vec<u8> {
     out
 }
 
+/// A BYE siplb sends on its own (admin `dlg_end`): `via` is the sent-by
+/// part of its Via (`SIP/2.0/UDP host:port`), `routes` the route set
+/// towards that side, in order.
+#[allow(clippy::too_many_arguments)]
+pub fn bye(
+    via: &[u8],
+    branch: &[u8],
+    ruri: &[u8],
+    routes: &[Vec<u8>],
+    from: &[u8],
+    to: &[u8],
+    call_id: &[u8],
+    cseq: u32,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(400);
+    out.extend_from_slice(b"BYE ");
+    out.extend_from_slice(ruri);
+    out.extend_from_slice(b" SIP/2.0\r\nVia: ");
+    out.extend_from_slice(via);
+    out.extend_from_slice(b";branch=");
+    out.extend_from_slice(branch);
+    out.extend_from_slice(b";rport\r\n");
+    for r in routes {
+        line(&mut out, b"Route", r);
+    }
+    out.extend_from_slice(b"Max-Forwards: 70\r\n");
+    line(&mut out, b"From", from);
+    line(&mut out, b"To", to);
+    line(&mut out, b"Call-ID", call_id);
+    let _ = write!(out, "CSeq: {cseq} BYE\r\n");
+    out.extend_from_slice(b"Reason: SIP;cause=200;text=\"ended by the operator\"\r\n");
+    out.extend_from_slice(b"User-Agent: siplb\r\nContent-Length: 0\r\n\r\n");
+    out
+}
+
 /// Best effort 400 for a datagram the scanner rejected: possible only when
 /// it looks like a request and its Via, From, To, Call-ID and CSeq lines can
 /// be found by a plain line search. `None`: drop it.

@@ -14,6 +14,12 @@
 //! or the proxy's next timer; drain sockets with `recvmmsg`; feed the
 //! proxy; fire timers; send everything with `sendmmsg`.
 //!
+//! Control: each worker also has a small bounded queue of [`Control`]
+//! messages from the admin thread ([`Controller`]), woken through the same
+//! eventfd as the hand-off queue. The worker answers each between two
+//! batches on the reply channel the message carries, so the admin API sees
+//! and ends dialogs without any lock on the data path.
+//!
 //! I/O: io_uring (multishot `recvmsg` into provided buffers, `sendmsg`;
 //! see [`uring`]) when `io` is `"auto"` or `"io_uring"` and the kernel
 //! allows it (checked once at start; Docker's default seccomp profile, for
@@ -40,7 +46,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::{Config, IoMode};
-use crate::core::{Disposition, Local, Proxy, Stats, Transmit};
+use crate::core::{Control, ControlReply, Disposition, Local, Proxy, Stats, Transmit};
 use crate::lb::Table;
 use crate::reload::Live;
 
@@ -72,6 +78,57 @@ struct HandOff {
     bytes: Vec<u8>,
 }
 
+/// A control message and where its answer goes.
+struct ControlMsg {
+    cmd: Control,
+    reply: Sender<ControlReply>,
+}
+
+/// Depth of each worker's control queue (admin requests are rare).
+const CONTROL_QUEUE: usize = 16;
+
+/// Why a control request got no complete answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A worker's control queue is full or it stopped.
+    #[error("worker {0} is not accepting control requests")]
+    Unavailable(usize),
+    /// Not every worker answered in time.
+    #[error("{0} worker(s) did not answer in time")]
+    Timeout(usize),
+}
+
+/// The admin side of the workers' control queues; cheap to clone.
+#[derive(Clone)]
+pub struct Controller {
+    senders: Vec<Sender<ControlMsg>>,
+    wakers: Vec<Arc<udp::EventFd>>,
+}
+
+impl Controller {
+    /// Sends `cmd` to every worker and collects their answers (one per worker).
+    pub fn ask(&self, cmd: &Control, timeout: Duration) -> Result<Vec<ControlReply>, ControlError> {
+        let (tx, rx) = crossbeam_channel::bounded(self.senders.len().max(1));
+        for (i, s) in self.senders.iter().enumerate() {
+            s.try_send(ControlMsg {
+                cmd: cmd.clone(),
+                reply: tx.clone(),
+            })
+            .map_err(|_| ControlError::Unavailable(i))?;
+            self.wakers[i].notify();
+        }
+        let deadline = Instant::now() + timeout;
+        let mut replies = Vec::with_capacity(self.senders.len());
+        while replies.len() < self.senders.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => replies.push(r),
+                Err(_) => return Err(ControlError::Timeout(self.senders.len() - replies.len())),
+            }
+        }
+        Ok(replies)
+    }
+}
+
 /// A running set of workers.
 pub struct Runtime {
     /// The destination table the workers started with; after a reload the
@@ -86,6 +143,7 @@ pub struct Runtime {
     prober: Option<JoinHandle<()>>,
     prober_addr: SocketAddr,
     io: &'static str,
+    controller: Controller,
 }
 
 impl Runtime {
@@ -161,6 +219,13 @@ impl Runtime {
             queues.push(crossbeam_channel::bounded(cfg.limits.handoff_queue));
         }
         let senders: Vec<Sender<HandOff>> = queues.iter().map(|q| q.0.clone()).collect();
+        let controls: Vec<(Sender<ControlMsg>, Receiver<ControlMsg>)> =
+            (0..n).map(|_| crossbeam_channel::bounded(CONTROL_QUEUE)).collect();
+        let controller = Controller {
+            senders: controls.iter().map(|c| c.0.clone()).collect(),
+            wakers: wakers.clone(),
+        };
+        let mut control_rx = controls.into_iter().map(|c| c.1);
         let cores = if cfg.pin_cores {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -179,6 +244,7 @@ impl Runtime {
                 publics,
                 internal,
                 inbox: rx,
+                control: control_rx.next().expect("one control queue per worker"),
                 peers: senders.clone(),
                 wakers: wakers.clone(),
                 stop: stop.clone(),
@@ -234,7 +300,13 @@ impl Runtime {
             prober: Some(prober),
             prober_addr,
             io: if use_uring { "io_uring" } else { "epoll" },
+            controller,
         })
+    }
+
+    /// The admin side of the workers' control queues.
+    pub fn controller(&self) -> Controller {
+        self.controller.clone()
     }
 
     /// The flag that stops the workers.
@@ -291,6 +363,7 @@ struct Worker {
     publics: Vec<UdpSocket>,
     internal: UdpSocket,
     inbox: Receiver<HandOff>,
+    control: Receiver<ControlMsg>,
     peers: Vec<Sender<HandOff>>,
     wakers: Vec<Arc<udp::EventFd>>,
     stop: Arc<AtomicBool>,
@@ -402,6 +475,7 @@ impl Worker {
             while let Ok(h) = self.inbox.try_recv() {
                 self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
             }
+            self.control(now);
             if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
                 self.proxy.handle_timeout(now);
             }
@@ -462,6 +536,7 @@ impl Worker {
             while let Ok(h) = self.inbox.try_recv() {
                 self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
             }
+            self.control(now);
             if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
                 self.proxy.handle_timeout(now);
             }
@@ -490,6 +565,14 @@ impl Worker {
         }
         ring.wait(Duration::from_millis(10))?;
         Ok(())
+    }
+
+    /// Answers the pending control requests.
+    fn control(&mut self, now: Instant) {
+        while let Ok(c) = self.control.try_recv() {
+            let r = self.proxy.handle_control(now, c.cmd);
+            let _ = c.reply.try_send(r);
+        }
     }
 
     fn input(&mut self, now: Instant, local: Local, src: SocketAddr, bytes: &[u8]) {

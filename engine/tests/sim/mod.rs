@@ -1042,7 +1042,9 @@ impl World {
         }
     }
 
-    fn flush_proxy(&mut self) {
+    /// Puts what the proxy has to send on the network (after a direct call
+    /// into it such as `handle_control`).
+    pub fn flush_proxy(&mut self) {
         while let Some(t) = self.proxy.poll_transmit() {
             let from = match t.local {
                 Local::Public(_) => addr(PUBLIC),
