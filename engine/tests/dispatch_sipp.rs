@@ -195,6 +195,36 @@ impl Sipp {
     }
 }
 
+impl Sipp {
+    /// REGISTERs a SIPp started with `-trace_counts` in `workdir(name)`
+    /// received: SIGUSR1 makes it stop, write its counts and exit.
+    fn registers_received(&mut self, name: &str) -> u64 {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGUSR1);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !matches!(self.0.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "SIPp did not stop on SIGUSR1");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let counts = std::fs::read_dir(workdir(name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with("_counts.csv"))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .unwrap_or_else(|| panic!("no SIPp counts file in {}", workdir(name).display()));
+        // Header: CurrentTime;ElapsedTime;0_REGISTER_Recv;...; the last line is the final one.
+        counts
+            .lines()
+            .rfind(|l| !l.is_empty())
+            .and_then(|l| l.split(';').nth(2))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("unreadable SIPp counts: {counts}"))
+    }
+}
+
 impl Drop for Sipp {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -202,9 +232,8 @@ impl Drop for Sipp {
     }
 }
 
-fn destinations(base: u16, specs: &[(u32, u32, &str, &str)]) -> String {
-    // (id, group, port offset from base, extra keys)
-    let _ = base;
+/// `[[destinations]]` tables from (id, group, uri, extra key lines).
+fn destinations(specs: &[(u32, u32, &str, &str)]) -> String {
     specs
         .iter()
         .map(|(id, group, uri, extra)| {
@@ -215,14 +244,11 @@ fn destinations(base: u16, specs: &[(u32, u32, &str, &str)]) -> String {
 
 fn registers_round_robin_by_weight(base: u16) {
     let (a, b, c) = (base + 11, base + 12, base + 13);
-    let mut body = destinations(
-        base,
-        &[
-            (1, 1, &format!("sip:127.0.0.1:{a}"), "weight = 1"),
-            (2, 1, &format!("sip:127.0.0.1:{b}"), "weight = 2"),
-            (3, 1, &format!("sip:127.0.0.1:{c}"), "weight = 3"),
-        ],
-    );
+    let mut body = destinations(&[
+        (1, 1, &format!("sip:127.0.0.1:{a}"), "weight = 1"),
+        (2, 1, &format!("sip:127.0.0.1:{b}"), "weight = 2"),
+        (3, 1, &format!("sip:127.0.0.1:{c}"), "weight = 3"),
+    ]);
     body.push_str(
         "[[rules]]\nmethod = \"REGISTER\"\ndispatch = { set = 1, algorithm = \"round-robin\", flags = \"f\" }\n\
          [[rules]]\nreply = { code = 405 }\n",
@@ -252,16 +278,54 @@ fn registers_round_robin_by_weight(base: u16) {
     lb.assert_idle();
 }
 
+fn registers_hashed_by_weight(base: u16) {
+    // hash-callid over weights 1, 1, 2: 400 REGISTERs (distinct Call-IDs)
+    // split about 100 / 100 / 200.
+    let ports = [base + 11, base + 12, base + 13];
+    let mut body = destinations(&[
+        (1, 1, &format!("sip:127.0.0.1:{}", ports[0]), "weight = 1"),
+        (2, 1, &format!("sip:127.0.0.1:{}", ports[1]), "weight = 1"),
+        (3, 1, &format!("sip:127.0.0.1:{}", ports[2]), "weight = 2"),
+    ]);
+    body.push_str(
+        "[[rules]]\nmethod = \"REGISTER\"\ndispatch = { set = 1, algorithm = \"hash-callid\" }\n\
+         [[rules]]\nreply = { code = 405 }\n",
+    );
+    let lb = Siplb::start("hash", base, &body);
+    let names = ["hash-a", "hash-b", "hash-c"];
+    let mut regs: Vec<Sipp> = names
+        .iter()
+        .zip(ports)
+        .map(|(n, p)| Sipp::start(n, "uas_register_200.xml", p, None, &["-trace_counts"]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut uac = Sipp::start(
+        "hash",
+        "uac_register.xml",
+        base + 15,
+        Some(base),
+        &["-m", "400", "-r", "200", "-timeout", "30", "-timeout_error"],
+    );
+    assert!(uac.success(), "every REGISTER should get its 200");
+    let got: Vec<u64> = regs
+        .iter_mut()
+        .zip(names)
+        .map(|(r, n)| r.registers_received(n))
+        .collect();
+    assert_eq!(got.iter().sum::<u64>(), 400, "{got:?}");
+    // Generous bounds: more than 4 standard deviations each.
+    assert!((60..=140).contains(&got[0]) && (60..=140).contains(&got[1]), "{got:?}");
+    assert!((130..=270).contains(&got[2]), "{got:?}");
+    lb.assert_idle();
+}
+
 fn register_fails_over_on_503_and_skips_inactive(base: u16) {
     let (a, b, c) = (base + 11, base + 12, base + 13);
-    let mut body = destinations(
-        base,
-        &[
-            (1, 1, &format!("sip:127.0.0.1:{a}"), "priority = 9"),
-            (2, 1, &format!("sip:127.0.0.1:{b}"), "priority = 5"),
-            (3, 1, &format!("sip:127.0.0.1:{c}"), "priority = 7"),
-        ],
-    );
+    let mut body = destinations(&[
+        (1, 1, &format!("sip:127.0.0.1:{a}"), "priority = 9"),
+        (2, 1, &format!("sip:127.0.0.1:{b}"), "priority = 5"),
+        (3, 1, &format!("sip:127.0.0.1:{c}"), "priority = 7"),
+    ]);
     body.push_str(
         "[[rules]]\nmethod = \"REGISTER\"\ndispatch = { set = 1, algorithm = \"priority\", flags = \"f\" }\n\
          [[rules]]\nreply = { code = 405 }\n",
@@ -295,13 +359,10 @@ fn inbound_call_counts_on_its_destination(base: u16) {
     // The caller (SIPp on base+15) is destination 9 of group 2: its calls
     // go to the upstream on base+11 and count as `pstn` load on it.
     let (upstream, caller) = (base + 11, base + 15);
-    let mut body = destinations(
-        base,
-        &[
-            (1, 1, &format!("sip:127.0.0.1:{}", base + 12), "resources = \"pstn=10\""),
-            (9, 2, &format!("sip:127.0.0.1:{caller}"), "resources = \"pstn=3\""),
-        ],
-    );
+    let mut body = destinations(&[
+        (1, 1, &format!("sip:127.0.0.1:{}", base + 12), "resources = \"pstn=10\""),
+        (9, 2, &format!("sip:127.0.0.1:{caller}"), "resources = \"pstn=3\""),
+    ]);
     body.push_str(&format!(
         "[[rules]]\nname = \"from backends\"\nsource = \"destinations\"\nmethod = \"INVITE\"\n\
          relay = {{ uri = \"sip:127.0.0.1:{upstream}\", count = \"pstn\" }}\n\
@@ -339,10 +400,7 @@ fn inbound_call_counts_on_its_destination(base: u16) {
 }
 
 fn dlg_list_and_dlg_end_release_the_load(base: u16) {
-    let mut body = destinations(
-        base,
-        &[(1, 1, &format!("sip:127.0.0.1:{}", base + 11), "resources = \"pstn=10\"")],
-    );
+    let mut body = destinations(&[(1, 1, &format!("sip:127.0.0.1:{}", base + 11), "resources = \"pstn=10\"")]);
     body.push_str(
         "[[rules]]\nmethod = \"INVITE\"\nload_balance = { group = 1, resources = \"pstn\" }\n\
          [[rules]]\nreply = { code = 405 }\n",
@@ -403,6 +461,7 @@ mod peers {
     use super::sipp_available;
     tests! {
         registers_round_robin_by_weight = 16000;
+        registers_hashed_by_weight = 16400;
         register_fails_over_on_503_and_skips_inactive = 16100;
         inbound_call_counts_on_its_destination = 16200;
         dlg_list_and_dlg_end_release_the_load = 16300;
