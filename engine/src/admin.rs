@@ -625,12 +625,16 @@ pub fn dialog_json(view: &View, d: &DialogView) -> Value {
     item
 }
 
-/// A dispatcher state letter as OpenSIPS names it.
-fn ds_state(d: &crate::lb::DestState) -> &'static str {
-    if d.enabled() {
+/// A dispatcher state as OpenSIPS names it: up, down for good (an
+/// operator's or the config's), or down until probing brings it back.
+fn ds_state(d: &DestState) -> &'static str {
+    let s = d.status();
+    if s.up {
         "Active"
-    } else {
+    } else if s.sticky() {
         "Inactive"
+    } else {
+        "Probing"
     }
 }
 
@@ -660,6 +664,9 @@ pub fn ds_list(view: &View) -> Value {
                     if !d.config.description.is_empty() {
                         item["description"] = json!(d.config.description);
                     }
+                    if let (Value::Object(o), Value::Object(extra)) = (&mut item, status_fields(d)) {
+                        o.extend(extra);
+                    }
                     item
                 })
                 .collect();
@@ -674,9 +681,12 @@ fn ds_set_state(view: &View, params: &Value) -> Result<(), (i64, &'static str)> 
     let state = param(params, 0, "state").ok_or((-32602, "Invalid params: state"))?;
     let group = param(params, 1, "group").ok_or((-32602, "Invalid params: group"))?;
     let address = param(params, 2, "address").ok_or((-32602, "Invalid params: address"))?;
-    let up = match state.trim().chars().next() {
-        Some('a' | 'A' | '1') => true,
-        Some('i' | 'I' | '0' | 'p' | 'P' | '2') => false,
+    // Active and inactive are an operator's decision (inactive is sticky);
+    // probing is down until probes succeed again.
+    let (up, reason) = match state.trim().chars().next() {
+        Some('a' | 'A' | '1') => (true, Reason::Admin),
+        Some('i' | 'I' | '0') => (false, Reason::Admin),
+        Some('p' | 'P' | '2') => (false, Reason::Probe),
         _ => return Err((500, "Bad state value")),
     };
     // OpenSIPS allows "partition:set"; siplb has one partition.
@@ -692,7 +702,7 @@ fn ds_set_state(view: &View, params: &Value) -> Result<(), (i64, &'static str)> 
                 && (d.config.uri.eq_ignore_ascii_case(address.trim()) || wanted.is_some_and(|a| a == d.addr()))
         })
         .ok_or((404, "destination not found"))?;
-    d.set_enabled(up);
+    d.set_status(up, reason, None, Some(Instant::now()));
     Ok(())
 }
 
@@ -878,6 +888,20 @@ mod tests {
         );
         assert_eq!(r["result"], "OK");
         assert!(v.table.destinations()[1].enabled());
+        // p: down, but not for good (probing may bring it back).
+        let r = handle(
+            r#"{"jsonrpc":"2.0","method":"ds_set_state","params":["p","1","sip:127.0.0.1:5082"],"id":"1"}"#,
+            &v,
+        );
+        assert_eq!(r["result"], "OK");
+        let d = &v.table.destinations()[1];
+        assert!(!d.enabled() && !d.status().sticky());
+        let r = handle(r#"{"jsonrpc":"2.0","method":"ds_list","id":"1"}"#, &v);
+        let item = &r["result"]["PARTITIONS"][0]["SETS"][0]["Destinations"][1];
+        assert_eq!(
+            (item["state"].as_str(), item["reason"].as_str()),
+            (Some("Probing"), Some("probe"))
+        );
         for (params, code) in [
             (r#"["x","1","sip:127.0.0.1:5082"]"#, 500),
             (r#"["a","2","sip:127.0.0.1:5082"]"#, 404),

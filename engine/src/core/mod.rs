@@ -942,6 +942,9 @@ impl Proxy {
                     return self.no_capacity(local, src, m, LbError::NoDestination);
                 };
                 let first = order[0];
+                if let Some(d) = self.table.dest(first) {
+                    d.count_attempt();
+                }
                 let sel = if flags.failover {
                     let len = n.min(MAX_TRIES);
                     let mut o = Order {
@@ -1687,7 +1690,12 @@ impl Proxy {
                 .iter()
                 .copied()
                 .find(|&i| !tried.contains(i) && self.table.dest(i).is_some_and(|d| d.enabled()))
-                .map(|i| (i, None)),
+                .map(|i| {
+                    if let Some(d) = self.table.dest(i) {
+                        d.count_attempt();
+                    }
+                    (i, None)
+                }),
         }
     }
 
