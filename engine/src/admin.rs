@@ -605,7 +605,7 @@ pub fn dialog_json(view: &View, d: &DialogView) -> Value {
     });
     let dest = d.hold.and_then(|h| view.table.dest(h.dest)).or_else(|| {
         d.destination
-            .and_then(|a| view.table.destinations().iter().find(|x| x.addr() == a))
+            .and_then(|a| view.table.configured().map(|(_, x)| x).find(|x| x.addr() == a))
     });
     item["destination"] = match dest {
         Some(x) => json!({"id": x.config.id, "group": x.config.group, "uri": x.config.uri}),
@@ -641,7 +641,7 @@ fn ds_state(d: &DestState) -> &'static str {
 /// `ds_list` in OpenSIPS's shape: one partition (`default`), the sets in
 /// ascending id order, each set's destinations in table order.
 pub fn ds_list(view: &View) -> Value {
-    let dests = view.table.destinations();
+    let dests: Vec<&DestState> = view.table.configured().map(|(_, d)| d).collect();
     let mut sets: Vec<u32> = dests.iter().map(|d| d.config.group).collect();
     sets.sort_unstable();
     sets.dedup();
@@ -695,8 +695,8 @@ fn ds_set_state(view: &View, params: &Value) -> Result<(), (i64, &'static str)> 
     let wanted = crate::config::uri_addr(address.trim());
     let d = view
         .table
-        .destinations()
-        .iter()
+        .configured()
+        .map(|(_, d)| d)
         .find(|d| {
             d.config.group == set
                 && (d.config.uri.eq_ignore_ascii_case(address.trim()) || wanted.is_some_and(|a| a == d.addr()))

@@ -1000,12 +1000,14 @@ impl Proxy {
             up: false,
         }; MAX_CANDIDATES];
         let mut n = 0;
-        for (i, d) in self.table.destinations().iter().enumerate() {
+        // Table order, configured destinations only (a reload's removed
+        // ones are draining, not candidates).
+        for (i, d) in self.table.configured() {
             if d.config.group != set || n == MAX_CANDIDATES {
                 continue;
             }
             candidates[n] = Candidate {
-                index: i as u16,
+                index: i,
                 id: d.config.id,
                 weight: d.config.weight,
                 priority: d.config.priority,
