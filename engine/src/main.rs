@@ -189,6 +189,7 @@ fn main() -> anyhow::Result<()> {
                 started,
                 token: config.admin_token.clone(),
                 live: Some(live.clone()),
+                ha: runtime.ha.clone(),
             };
             Some(siplb::admin::start(addr, view, runtime.stop_flag()).with_context(|| format!("admin API on {addr}"))?)
         }

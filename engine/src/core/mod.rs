@@ -51,6 +51,14 @@
 //! transition to *ended* gives it back, exactly once (`Option::take`).
 //! Counters: early, active (confirmed), processed, expired, failed.
 //!
+//! # Replication (optional, `[ha]`)
+//! With replication on, confirmed dialogs and their end are queued as
+//! [`replica::DialogEvent`]s (drain with [`Proxy::poll_event`]); dialogs
+//! loaded from another node come in with [`Proxy::adopt`] and are found by
+//! Call-ID when the `did` in the Route does not name a live slot of this
+//! process. [`Proxy::release_all`] drops every dialog without events (a
+//! node that lost the virtual IP).
+//!
 //! # Timers
 //! One [`timer::TimerWheel`] per proxy (10 ms ticks, 40.96 s span, a heap
 //! beyond): a timer fires at most one tick late, never early. Entries are
@@ -64,6 +72,7 @@
 #![forbid(unsafe_code)]
 
 pub mod msg;
+pub mod replica;
 pub mod slab;
 pub mod stats;
 pub mod timer;
@@ -80,6 +89,7 @@ use siplb_parser::{scan_datagram, Message, Method};
 use crate::config::{Action, Config};
 use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried};
 use msg::{BranchId, DialogId};
+use replica::{Adopted, Confirmed, DialogEvent};
 use slab::{Key, Slab};
 pub use stats::Stats;
 use timer::TimerWheel;
@@ -224,6 +234,11 @@ pub struct Proxy {
     expired: Vec<TimerRef>,
     out: VecDeque<Transmit>,
     rng: u64,
+    /// Queue dialog events for replication.
+    replicate: bool,
+    events: VecDeque<DialogEvent>,
+    /// Dialogs adopted from another process, by Call-ID hash.
+    adopted: HashMap<u64, Key>,
 }
 
 impl Proxy {
@@ -245,6 +260,9 @@ impl Proxy {
             expired: Vec::new(),
             out: VecDeque::new(),
             rng: seed | 1,
+            replicate: cfg.ha.is_some(),
+            events: VecDeque::new(),
+            adopted: HashMap::new(),
             cfg,
             table,
             stats,
@@ -285,6 +303,51 @@ impl Proxy {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
+    }
+
+    /// The next dialog event for replication (only with `[ha]` on).
+    pub fn poll_event(&mut self) -> Option<DialogEvent> {
+        self.events.pop_front()
+    }
+
+    /// Takes over a dialog replicated by another process: counts its load
+    /// again and tracks it as confirmed until BYE or expiry. False when it
+    /// is known already or the dialog table is full.
+    pub fn adopt(&mut self, now: Instant, a: Adopted) -> bool {
+        self.timers.observe(now);
+        if let Some(&k) = self.adopted.get(&a.call_id_hash) {
+            if self.dialogs.get(k).is_some() {
+                return false;
+            }
+        }
+        let Some(hold) = self.table.count_call(a.hold.dest, a.hold.resources) else {
+            return false;
+        };
+        let dialog = Dialog {
+            state: DialogState::Confirmed,
+            hold: Some(hold),
+            call_id: a.call_id_hash,
+            expires: a.expires,
+        };
+        let Some(k) = self.dialogs.insert(dialog) else {
+            self.table.release(hold);
+            Stats::inc(&self.stats.table_full);
+            return false;
+        };
+        self.adopted.insert(a.call_id_hash, k);
+        Stats::inc(&self.stats.active_dialogs);
+        self.schedule(a.expires.max(now), TimerRef::Dialog(k.index, k.generation));
+        true
+    }
+
+    /// Ends every dialog, releasing its load, without replication events
+    /// (another node owns them now).
+    pub fn release_all(&mut self) {
+        let keys: Vec<Key> = self.dialogs.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.end_dialog(k, End::Shutdown);
+        }
+        self.adopted.clear();
     }
 
     /// When [`Proxy::handle_timeout`] should be called next.
@@ -376,13 +439,13 @@ impl Proxy {
     /// The worker that owns a message, when siplb's own marks say so.
     fn owner(&self, msg: &Message<'_>) -> Option<u16> {
         if msg.is_request() {
-            let ours = msg
-                .route_values()
-                .next()
-                .and_then(msg::route_dialog)
-                .filter(|d| d.epoch == self.epoch);
-            match ours {
-                Some(d) => Some(d.worker),
+            let did = msg.route_values().next().and_then(msg::route_dialog);
+            match did {
+                Some(d) if d.epoch == self.epoch => Some(d.worker),
+                // Written by another process (before a takeover): adopted
+                // dialogs live on the worker their Call-ID hashes to.
+                Some(_) if self.cfg.workers > 1 => Some((msg::hash(&[msg.call_id()]) % self.cfg.workers as u64) as u16),
+                Some(_) => None,
                 // Everything about a call that carries no mark of ours
                 // (INVITE, its retransmissions, CANCEL, the ACK of a
                 // failure) goes to the same worker.
@@ -676,8 +739,12 @@ impl Proxy {
                     generation: d.generation,
                 };
                 let call_id = msg::hash(&[m.call_id()]);
+                let adopted = self.adopted.get(&call_id).copied();
                 match self.dialogs.get(k) {
                     Some(dl) if d.epoch == self.epoch && dl.call_id == call_id => Some(k),
+                    _ if adopted.is_some_and(|a| self.dialogs.get(a).is_some_and(|dl| dl.call_id == call_id)) => {
+                        adopted
+                    }
                     _ => {
                         if is_ack {
                             Stats::inc(&self.stats.drop_stray_ack);
@@ -1044,7 +1111,7 @@ impl Proxy {
             t.g_next = None;
             t.remove_at = Some(now + timers.linger);
             if let Some(d) = dialog {
-                self.confirm_dialog(now, d);
+                self.confirm_dialog(now, d, m);
             }
             self.schedule_txn(k);
             return;
@@ -1293,7 +1360,7 @@ impl Proxy {
 
     // ---- dialogs ---------------------------------------------------------
 
-    fn confirm_dialog(&mut self, now: Instant, k: Key) {
+    fn confirm_dialog(&mut self, now: Instant, k: Key, m: &Message<'_>) {
         let lifetime = self.cfg.timers.dialog_lifetime;
         let Some(d) = self.dialogs.get_mut(k) else { return };
         if d.state == DialogState::Early {
@@ -1301,6 +1368,19 @@ impl Proxy {
             d.expires = now + lifetime;
             Stats::dec(&self.stats.early_dialogs);
             Stats::inc(&self.stats.active_dialogs);
+            if self.replicate {
+                if let Some(hold) = d.hold {
+                    self.events.push_back(DialogEvent::Confirmed(Confirmed {
+                        call_id_hash: d.call_id,
+                        call_id: m.call_id().to_vec(),
+                        from_tag: m.from_tag().unwrap_or_default().to_vec(),
+                        to_tag: m.to_tag().unwrap_or_default().to_vec(),
+                        hold,
+                        worker: self.worker,
+                        lifetime,
+                    }));
+                }
+            }
             self.schedule(now + lifetime, TimerRef::Dialog(k.index, k.generation));
         }
     }
@@ -1310,6 +1390,14 @@ impl Proxy {
         let Some(mut d) = self.dialogs.remove(k) else { return };
         if let Some(h) = d.hold.take() {
             self.table.release(h);
+        }
+        if !self.adopted.is_empty() && self.adopted.get(&d.call_id) == Some(&k) {
+            self.adopted.remove(&d.call_id);
+        }
+        if self.replicate && d.state == DialogState::Confirmed && why != End::Shutdown {
+            self.events.push_back(DialogEvent::Ended {
+                call_id_hash: d.call_id,
+            });
         }
         match d.state {
             DialogState::Early => {
