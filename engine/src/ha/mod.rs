@@ -446,3 +446,19 @@ mod tests {
         assert_eq!(health(Some(&s), 2)["role"], "standby");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn shipped_ha_examples_are_valid() {
+        let pair = Config::parse(include_str!("../../../examples/keepalived/siplb-lb1.toml")).unwrap();
+        assert!(pair.freebind);
+        let ha = pair.ha.unwrap();
+        assert_eq!(ha.vip, Some("192.0.2.100".parse().unwrap()));
+        assert_eq!(ha.node, "lb1");
+        let aa = Config::parse(include_str!("../../../examples/keepalived/siplb-active-active.toml")).unwrap();
+        assert!(aa.ha.unwrap().share_load);
+    }
+}

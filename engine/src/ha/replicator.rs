@@ -542,13 +542,17 @@ impl Replicator {
         }
     }
 
-    /// Writes local status changes, applies the ones other nodes wrote.
+    /// Writes local status changes (active nodes only), applies the ones
+    /// other nodes wrote.
     fn sync_status(&mut self) {
         let key = format!("{}:status", self.cfg.cluster);
+        // Only an active node writes: a standby's view (its probes go out
+        // from a VIP it does not hold) is not news to anyone.
+        let writer = self.status.active.load(Ordering::Relaxed);
         let mut changed: Vec<(u32, u8)> = Vec::new();
         for (i, d) in self.table.destinations().iter().enumerate() {
             let on = d.enabled();
-            if self.last_status[i].is_some_and(|s| s != on) {
+            if writer && self.last_status[i].is_some_and(|s| s != on) {
                 changed.push((d.config.id, u8::from(on)));
                 self.last_status[i] = Some(on);
             }
@@ -581,7 +585,7 @@ impl Replicator {
                 }
             }
         }
-        if !missing.is_empty() {
+        if writer && !missing.is_empty() {
             let _ = self.query::<()>(redis::cmd("HSET").arg(&key).arg(&missing));
         }
     }

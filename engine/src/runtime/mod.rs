@@ -152,8 +152,8 @@ impl Runtime {
                 );
             }
             let addr = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base + i as u16);
-            let internal =
-                udp::bind(addr, false, cfg.socket_buffer).map_err(|source| RuntimeError::Bind { addr, source })?;
+            let internal = udp::bind_with(addr, false, cfg.socket_buffer, cfg.freebind)
+                .map_err(|source| RuntimeError::Bind { addr, source })?;
             sockets.push((publics, internal));
         }
         let mut wakers = Vec::new();
