@@ -95,9 +95,10 @@ pub struct HaFile {
     /// TTL of a node's published load (default 10 x interval, at least 1 s).
     #[serde(default)]
     pub load_ttl: Option<String>,
-    /// Publish this node's load and add the others' (active/active).
-    #[serde(default = "yes")]
-    pub share_load: bool,
+    /// Publish this node's load and add the others' (active/active);
+    /// default: on without `vip`, off with it (a pair has one active).
+    #[serde(default)]
+    pub share_load: Option<bool>,
     /// Virtual IP: active only while it is local (active/standby pair).
     #[serde(default)]
     pub vip: Option<String>,
@@ -112,9 +113,6 @@ impl Default for HaFile {
     }
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_cluster() -> String {
     "siplb".into()
 }
@@ -201,7 +199,7 @@ impl HaConfig {
             cluster: f.cluster.clone(),
             interval,
             load_ttl,
-            share_load: f.share_load,
+            share_load: f.share_load.unwrap_or(vip.is_none()),
             vip,
             queue: f.queue.clamp(1024, 1 << 22),
         }))
@@ -432,6 +430,7 @@ mod tests {
         assert!(ha("redis = \"redis://x\"\nbogus = 1").is_err());
         let h = ha("redis = \"redis://x\"\nvip = \"10.0.0.100\"").unwrap().unwrap();
         assert_eq!(h.vip, Some("10.0.0.100".parse().unwrap()));
+        assert!(!h.share_load, "a pair shares no load by default");
         assert!(h.node.ends_with("/127.0.0.1:5070"), "{}", h.node);
     }
 
