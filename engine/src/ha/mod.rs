@@ -242,6 +242,10 @@ pub struct Status {
     pub records: AtomicU64,
     /// Other nodes whose load was read at the last interval.
     pub peers: AtomicU64,
+    /// Oldest view of another node's load used so far, in ms (its
+    /// publication to the read that replaced it): the measured Δ of the
+    /// over-admission bound.
+    pub max_remote_age_ms: AtomicU64,
     /// Shared load on.
     pub share_load: bool,
 }
@@ -261,6 +265,7 @@ impl Status {
             "redis": if self.degraded() { "down" } else { "up" },
             "replicated_dialogs": g(&self.records),
             "peers": g(&self.peers),
+            "max_remote_age_ms": g(&self.max_remote_age_ms),
             "share_load": self.share_load,
             "events_dropped": g(&self.events_dropped),
             "takeovers": g(&self.takeovers),
@@ -303,6 +308,10 @@ pub fn metrics(ha: &Status, table: &Table, out: &mut String) {
     }
     out.push_str(&format!("siplb_ha_replicated_dialogs {}\n", g(&ha.records)));
     out.push_str(&format!("siplb_ha_peers {}\n", g(&ha.peers)));
+    out.push_str(&format!(
+        "siplb_ha_remote_load_age_max_seconds {}\n",
+        g(&ha.max_remote_age_ms) as f64 / 1000.0
+    ));
     let names = table.resource_names();
     for d in table.destinations() {
         for &(rid, _) in &d.config.resources {

@@ -57,6 +57,8 @@ pub(super) struct Replicator {
     scope: String,
     last_status: Vec<Option<bool>>,
     ops: Vec<Op>,
+    /// Publication time (Unix ms) of each other node's load, as last read.
+    published: HashMap<String, u64>,
 }
 
 fn unix_ms() -> u64 {
@@ -95,6 +97,7 @@ impl Replicator {
             resync: false,
             last_status: vec![None; n],
             ops: Vec::new(),
+            published: HashMap::new(),
         }
     }
 
@@ -504,11 +507,26 @@ impl Replicator {
             .arg("-inf")
             .arg(now.saturating_sub(600_000))
             .ignore();
-        p.cmd("ZRANGE").arg(&nodes_key).arg(0).arg(-1);
-        let Some((nodes,)) = self.pipe::<(Vec<String>,)>(&p) else {
+        p.cmd("ZRANGE").arg(&nodes_key).arg(0).arg(-1).arg("WITHSCORES");
+        let Some((nodes,)) = self.pipe::<(Vec<(String, f64)>,)>(&p) else {
             return;
         };
-        let others: Vec<String> = nodes.into_iter().filter(|n| *n != self.cfg.node).collect();
+        let now = unix_ms();
+        let mut others: Vec<String> = Vec::new();
+        for (n, score) in nodes {
+            if n == self.cfg.node {
+                continue;
+            }
+            // How old the view of this node was just before this read: the
+            // staleness that bounds over-admission (README).
+            if let Some(prev) = self.published.insert(n.clone(), score as u64) {
+                let age = now.saturating_sub(prev);
+                if age < self.cfg.load_ttl.as_millis() as u64 {
+                    self.status.max_remote_age_ms.fetch_max(age, Ordering::Relaxed);
+                }
+            }
+            others.push(n);
+        }
         let mut p = redis::pipe();
         for n in &others {
             p.cmd("HGETALL").arg(self.load_key(n));
