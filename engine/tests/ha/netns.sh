@@ -8,7 +8,8 @@
 # 1. calls are established through the VIP on node 1 (held 10 s);
 # 2. siplb on node 1 is killed (SIGKILL); keepalived's health check fails,
 #    the VIP moves to node 2 (measured), node 2 loads the replicated dialogs;
-# 3. new calls through the VIP succeed on node 2;
+# 3. new calls through the VIP succeed on node 2; Redis is stopped for 2 s
+#    under load and restarted: no call fails, node 2 catches up;
 # 4. the calls established before the failover end with BYE through node 2;
 # 5. every load counter ends at zero on node 2 and on node 1 restarted.
 # Prints `takeover_vip_ms=N` (kill -> VIP on node 2) and
@@ -66,9 +67,13 @@ for pair in "$NS_R:2" "$NS_C:3" "$NS_B:4" "$NS_1:11" "$NS_2:12"; do
 done
 
 # ---- Redis, backend ------------------------------------------------------
-ip netns exec "$NS_R" redis-server --port 6379 --bind "$NET.2" --save '' --appendonly no \
-    --protected-mode no >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
+start_redis() {
+    ip netns exec "$NS_R" redis-server --port 6379 --bind "$NET.2" --save '' --appendonly no \
+        --protected-mode no >>"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    PIDS+=($!)
+    wait_until 10 "redis" ip netns exec "$NS_R" redis-cli -h "$NET.2" ping
+}
 (cd "$WORK" && exec ip netns exec "$NS_B" sipp -sf "$SCEN/uas.xml" -i "$NET.4" -p 5060 -nostdin \
     >"$WORK/uas.log" 2>&1) &
 PIDS+=($!)
@@ -152,6 +157,7 @@ wait_until() { # seconds description command...
     done
 }
 
+start_redis
 start_siplb 1
 start_siplb 2
 wait_until 10 "siplb n1 admin" health "$NS_1"
@@ -194,7 +200,22 @@ echo "takeover_ready_ms=$((T2 - T0))"
     || fail "new calls through node 2 failed"
 log "20 new calls through node 2 succeeded"
 
-# ---- 4. the old calls end with BYE through node 2 -------------------------
+# ---- 3b. Redis stopped and restarted under load ----------------------------
+(cd "$WORK" && exec ip netns exec "$NS_C" sipp -sf "$SCEN/uac.xml" "$VIP:5060" -i "$NET.3" -p 5063 -s 1234 \
+    -m 150 -r 25 -d 1000 -nostdin -trace_err -timeout 40 -timeout_error >"$WORK/uac-redis.log" 2>&1) &
+UAC3=$!
+PIDS+=($UAC3)
+sleep 1.5
+kill -9 "$REDIS_PID"
+wait "$REDIS_PID" 2>/dev/null || true
+wait_until 5 "node 2 degraded" sh -c "ip netns exec $NS_2 curl -sf http://127.0.0.1:8888/health | grep -q '\"status\":\"degraded\"'"
+sleep 2
+start_redis
+wait_until 5 "node 2 caught up" sh -c "ip netns exec $NS_2 curl -sf http://127.0.0.1:8888/health | grep -q '\"status\":\"ok\"'"
+wait "$UAC3" || fail "calls failed while Redis was down"
+log "Redis down for 2 s under 25 calls/s: no call failed, node 2 caught up"
+
+
 wait "$UAC1" || fail "calls established before the failover did not all end well"
 log "the $CALLS calls established before the failover ended with BYE through node 2"
 
