@@ -55,6 +55,8 @@ pub(super) struct Replicator {
     resync: bool,
     load_pending: bool,
     scope: String,
+    /// Longest a loaded dialog may still live (the configured lifetime).
+    lifetime: Duration,
     last_status: Vec<Option<bool>>,
     ops: Vec<Op>,
     /// Publication time (Unix ms) of each other node's load, as last read.
@@ -82,6 +84,7 @@ impl Replicator {
         Replicator {
             client: redis::Client::open(cfg.redis.as_str()).ok(),
             scope: config.advertised.to_string(),
+            lifetime: config.timers.dialog_lifetime,
             load_pending: status.active.load(Ordering::Relaxed),
             cfg,
             table,
@@ -385,7 +388,9 @@ impl Replicator {
                 per_worker[w].push(Adopted {
                     call_id_hash: h,
                     hold,
-                    expires: now + Duration::from_millis(rec.x - now_ms),
+                    // Never longer than our own lifetime (nor an overflow
+                    // from a bogus record).
+                    expires: now + Duration::from_millis(rec.x - now_ms).min(self.lifetime),
                 });
                 let value = serde_json::to_string(&rec).unwrap_or_default();
                 self.mirror.insert(h, Live { value, expires: rec.x });
@@ -546,7 +551,8 @@ impl Replicator {
                 peers += 1;
             }
             for (k, v) in m {
-                *sum.entry(k.as_str()).or_default() += *v;
+                let e = sum.entry(k.as_str()).or_default();
+                *e = e.saturating_add(*v);
             }
         }
         self.status.peers.store(peers, Ordering::Relaxed);
