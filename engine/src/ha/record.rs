@@ -4,9 +4,9 @@
 //!
 //! `scope` is the advertised address (what Record-Route names): the nodes
 //! of an active/standby pair share it (the virtual IP), the nodes of an
-//! active/active group each have their own. `hash` is the Call-ID hash in
-//! hex (`core::msg::hash`); the record carries the Call-ID itself, so a
-//! node whose hash differs (another build) re-keys it on load.
+//! active/active group each have their own. `hash` is [`stable_hash`] of
+//! the Call-ID in hex: the same on every node and every build (the core's
+//! own hash is seeded per process).
 
 use serde::{Deserialize, Serialize};
 
@@ -33,9 +33,16 @@ pub struct Record {
     pub n: String,
 }
 
-/// The Redis key of a dialog record.
-pub fn key(prefix: &str, scope: &str, call_id_hash: u64) -> String {
-    format!("{prefix}:dlg:{scope}:{call_id_hash:016x}")
+/// The Redis key of a dialog record; `hash` is [`stable_hash`] of its Call-ID.
+pub fn key(prefix: &str, scope: &str, hash: u64) -> String {
+    format!("{prefix}:dlg:{scope}:{hash:016x}")
+}
+
+/// FNV-1a, 64 bits: a Call-ID hash every node computes alike.
+pub fn stable_hash(call_id: &[u8]) -> u64 {
+    call_id.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The SCAN pattern for the records of a scope.
@@ -57,6 +64,8 @@ mod tests {
         let k = key("siplb", "10.0.0.100:5060", 0xabc);
         assert_eq!(k, "siplb:dlg:10.0.0.100:5060:0000000000000abc");
         assert_eq!(key_hash(&k), Some(0xabc));
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert!(k.starts_with(pattern("siplb", "10.0.0.100:5060").trim_end_matches('*')));
         let r = Record {
             cid: "a@b".into(),

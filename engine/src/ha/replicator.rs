@@ -27,15 +27,20 @@ const DRAIN: Duration = Duration::from_millis(2);
 /// Commands per pipeline when writing many records.
 const CHUNK: usize = 512;
 
-/// A live record of this node.
+/// A live record of this node (the mirror is indexed by the core's
+/// Call-ID hash, what the workers' events carry).
 struct Live {
     value: String,
     /// Lifetime end, Unix ms.
     expires: u64,
+    /// [`record::stable_hash`] of the Call-ID: the Redis key.
+    key: u64,
 }
 
 enum Op {
+    /// Write the mirror entry with this core hash.
     Set(u64),
+    /// Delete the record with this stable hash.
     Del(u64),
 }
 
@@ -230,13 +235,14 @@ impl Replicator {
                     let Ok(value) = serde_json::to_string(&rec) else {
                         continue;
                     };
-                    self.mirror.insert(c.call_id_hash, Live { value, expires });
-                    self.pending_del.remove(&c.call_id_hash);
+                    let key = record::stable_hash(&c.call_id);
+                    self.mirror.insert(c.call_id_hash, Live { value, expires, key });
+                    self.pending_del.remove(&key);
                     self.ops.push(Op::Set(c.call_id_hash));
                 }
                 DialogEvent::Ended { call_id_hash } => {
-                    if self.mirror.remove(&call_id_hash).is_some() {
-                        self.ops.push(Op::Del(call_id_hash));
+                    if let Some(l) = self.mirror.remove(&call_id_hash) {
+                        self.ops.push(Op::Del(l.key));
                     }
                 }
             }
@@ -264,7 +270,12 @@ impl Replicator {
                     Op::Set(h) => {
                         if let Some(l) = self.mirror.get(&h) {
                             let ttl = l.expires.saturating_sub(now).max(1);
-                            p.cmd("SET").arg(self.key(h)).arg(&l.value).arg("PX").arg(ttl).ignore();
+                            p.cmd("SET")
+                                .arg(self.key(l.key))
+                                .arg(&l.value)
+                                .arg("PX")
+                                .arg(ttl)
+                                .ignore();
                             sets += 1;
                         }
                     }
@@ -297,16 +308,18 @@ impl Replicator {
     fn resync(&mut self) {
         let now = unix_ms();
         let mut cmds: Vec<redis::Cmd> = Vec::new();
-        for (&h, l) in &self.mirror {
+        let mut live = HashSet::new();
+        for l in self.mirror.values() {
+            live.insert(l.key);
             let mut c = redis::cmd("SET");
-            c.arg(self.key(h))
+            c.arg(self.key(l.key))
                 .arg(&l.value)
                 .arg("PX")
                 .arg(l.expires.saturating_sub(now).max(1));
             cmds.push(c);
         }
         for &h in &self.pending_del {
-            if !self.mirror.contains_key(&h) {
+            if !live.contains(&h) {
                 let mut c = redis::cmd("DEL");
                 c.arg(self.key(h));
                 cmds.push(c);
@@ -359,7 +372,6 @@ impl Replicator {
         let workers = self.controls.len().max(1);
         let mut per_worker: Vec<Vec<Adopted>> = vec![Vec::new(); workers];
         let (mut loaded, mut skipped) = (0u64, 0u64);
-        let mut rekey: Vec<(String, u64)> = Vec::new();
         for chunk in keys.chunks(CHUNK) {
             let mut p = redis::pipe();
             for k in chunk {
@@ -380,10 +392,13 @@ impl Replicator {
                 if rec.x <= now_ms {
                     continue;
                 }
-                let h = msg::hash(&[rec.cid.as_bytes()]);
-                if record::key_hash(k) != Some(h) {
-                    rekey.push((k.clone(), h));
+                let key = record::stable_hash(rec.cid.as_bytes());
+                if record::key_hash(k) != Some(key) {
+                    // Not where a record of this Call-ID belongs: leave it.
+                    skipped += 1;
+                    continue;
                 }
+                let h = msg::hash(&[rec.cid.as_bytes()]);
                 let w = (h % workers as u64) as usize;
                 per_worker[w].push(Adopted {
                     call_id_hash: h,
@@ -393,15 +408,16 @@ impl Replicator {
                     expires: now + Duration::from_millis(rec.x - now_ms).min(self.lifetime),
                 });
                 let value = serde_json::to_string(&rec).unwrap_or_default();
-                self.mirror.insert(h, Live { value, expires: rec.x });
+                self.mirror.insert(
+                    h,
+                    Live {
+                        value,
+                        expires: rec.x,
+                        key,
+                    },
+                );
                 loaded += 1;
             }
-        }
-        for (old, h) in rekey {
-            // Written by a build whose Call-ID hash differs: keep it under ours.
-            self.pending_del.remove(&h);
-            self.ops.push(Op::Set(h));
-            let _ = self.query::<()>(redis::cmd("DEL").arg(old));
         }
         for (i, list) in per_worker.into_iter().enumerate() {
             if list.is_empty() {
