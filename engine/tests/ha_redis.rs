@@ -472,4 +472,15 @@ fn two_active_nodes_share_a_capacity_of_100() {
     let _ = finished(ub, Duration::from_secs(60));
     a.assert_idle();
     b.assert_idle();
+    // Destination status is shared: an operator's disable on one node
+    // reaches the other, and so does the enable.
+    let enabled = |s: &Siplb| s.rpc("lb_status", json!(["1"])).map(|r| r["enable"].clone());
+    assert_eq!(a.rpc("lb_status", json!(["1", "0"])), Some(json!("OK")));
+    b.wait_for("the disable on b", Duration::from_secs(5), |s| {
+        enabled(s) == Some(json!("no"))
+    });
+    assert_eq!(b.rpc("lb_status", json!(["1", "1"])), Some(json!("OK")));
+    a.wait_for("the enable on a", Duration::from_secs(5), |s| {
+        enabled(s) == Some(json!("yes"))
+    });
 }

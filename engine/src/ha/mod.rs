@@ -289,29 +289,75 @@ pub fn health(ha: Option<&Status>, workers: usize) -> Value {
     }
 }
 
-/// Prometheus lines for the HA state and the remote load.
+/// Prometheus families (with `# HELP` and `# TYPE`) for the HA state and
+/// the remote load; appended to `/metrics` when `[ha]` is configured.
 pub fn metrics(ha: &Status, table: &Table, out: &mut String) {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let b = |a: &AtomicBool| u8::from(a.load(Ordering::Relaxed));
-    out.push_str(&format!("siplb_ha_redis_up {}\n", b(&ha.redis_up)));
-    out.push_str(&format!("siplb_ha_active {}\n", b(&ha.active)));
-    for (name, v) in [
-        ("writes", &ha.writes),
-        ("deletes", &ha.deletes),
-        ("redis_errors", &ha.redis_errors),
-        ("events_dropped", &ha.events_dropped),
-        ("resyncs", &ha.resyncs),
-        ("takeovers", &ha.takeovers),
-        ("adopted_dialogs", &ha.adopted),
+    let b = |a: &AtomicBool| u64::from(a.load(Ordering::Relaxed));
+    let mut family = |name: &str, kind: &str, help: &str, value: String| {
+        out.push_str(&format!(
+            "# HELP siplb_ha_{name} {help}\n# TYPE siplb_ha_{name} {kind}\nsiplb_ha_{name} {value}\n"
+        ));
+    };
+    family(
+        "redis_up",
+        "gauge",
+        "1 while Redis answers.",
+        b(&ha.redis_up).to_string(),
+    );
+    family(
+        "active",
+        "gauge",
+        "1 while this node is active (holds the VIP, or has none).",
+        b(&ha.active).to_string(),
+    );
+    for (name, help, v) in [
+        ("writes_total", "Dialog records written to Redis.", &ha.writes),
+        ("deletes_total", "Dialog records deleted from Redis.", &ha.deletes),
+        (
+            "redis_errors_total",
+            "Redis commands or connections that failed.",
+            &ha.redis_errors,
+        ),
+        (
+            "events_dropped_total",
+            "Dialog events lost because the queue was full.",
+            &ha.events_dropped,
+        ),
+        (
+            "resyncs_total",
+            "Rewrites of the live state after Redis came back.",
+            &ha.resyncs,
+        ),
+        (
+            "takeovers_total",
+            "Times this node became active and loaded the replicated dialogs.",
+            &ha.takeovers,
+        ),
+        ("adopted_dialogs_total", "Dialogs loaded on takeovers.", &ha.adopted),
     ] {
-        out.push_str(&format!("siplb_ha_{name}_total {}\n", g(v)));
+        family(name, "counter", help, g(v).to_string());
     }
-    out.push_str(&format!("siplb_ha_replicated_dialogs {}\n", g(&ha.records)));
-    out.push_str(&format!("siplb_ha_peers {}\n", g(&ha.peers)));
-    out.push_str(&format!(
-        "siplb_ha_remote_load_age_max_seconds {}\n",
-        g(&ha.max_remote_age_ms) as f64 / 1000.0
-    ));
+    family(
+        "replicated_dialogs",
+        "gauge",
+        "Live dialog records of this node.",
+        g(&ha.records).to_string(),
+    );
+    family(
+        "peers",
+        "gauge",
+        "Other nodes whose load was read at the last interval.",
+        g(&ha.peers).to_string(),
+    );
+    family(
+        "remote_load_age_max_seconds",
+        "gauge",
+        "Oldest view of another node's load used so far.",
+        (g(&ha.max_remote_age_ms) as f64 / 1000.0).to_string(),
+    );
+    out.push_str("# HELP siplb_destination_remote_load Load the other nodes hold on a destination, as last read.\n");
+    out.push_str("# TYPE siplb_destination_remote_load gauge\n");
     let names = table.resource_names();
     for d in table.destinations() {
         for &(rid, _) in &d.config.resources {

@@ -15,7 +15,7 @@ use super::{vip, Control, HaConfig, Status};
 use crate::config::Config;
 use crate::core::msg;
 use crate::core::replica::{Adopted, DialogEvent};
-use crate::lb::{Hold, ResourceSet, Table};
+use crate::lb::{Hold, Reason, ResourceSet, Table};
 use crate::runtime::udp::EventFd;
 
 /// Redis connect/read/write timeout: the thread must stay responsive.
@@ -62,7 +62,7 @@ pub(super) struct Replicator {
     scope: String,
     /// Longest a loaded dialog may still live (the configured lifetime).
     lifetime: Duration,
-    last_status: Vec<Option<bool>>,
+    last_status: Vec<Option<(bool, Reason)>>,
     ops: Vec<Op>,
     /// Publication time (Unix ms) of each other node's load, as last read.
     published: HashMap<String, u64>,
@@ -583,18 +583,24 @@ impl Replicator {
     }
 
     /// Writes local status changes (active nodes only), applies the ones
-    /// other nodes wrote.
+    /// other nodes wrote. The value is `1:reason` or `0:reason` (reason as
+    /// in `lb_list`: config, admin, probe, call_failure), so an operator's
+    /// sticky disable stays sticky on every node.
     fn sync_status(&mut self) {
         let key = format!("{}:status", self.cfg.cluster);
         // Only an active node writes: a standby's view (its probes go out
         // from a VIP it does not hold) is not news to anyone.
         let writer = self.status.active.load(Ordering::Relaxed);
-        let mut changed: Vec<(u32, u8)> = Vec::new();
+        let now_of = |d: &crate::lb::DestState| {
+            let s = d.status();
+            (s.up, s.reason)
+        };
+        let mut changed: Vec<(u32, String)> = Vec::new();
         for (i, d) in self.table.destinations().iter().enumerate() {
-            let on = d.enabled();
-            if writer && self.last_status[i].is_some_and(|s| s != on) {
-                changed.push((d.config.id, u8::from(on)));
-                self.last_status[i] = Some(on);
+            let cur = now_of(d);
+            if writer && self.last_status[i].is_some_and(|s| s != cur) {
+                changed.push((d.config.id, status_text(cur)));
+                self.last_status[i] = Some(cur);
             }
         }
         let mut p = redis::pipe();
@@ -602,26 +608,31 @@ impl Replicator {
             p.cmd("HSET").arg(&key).arg(&changed).ignore();
         }
         p.cmd("HGETALL").arg(&key);
-        let Some((remote,)) = self.pipe::<(HashMap<u32, u8>,)>(&p) else {
+        let Some((remote,)) = self.pipe::<(HashMap<u32, String>,)>(&p) else {
             return;
         };
-        let mut missing: Vec<(u32, u8)> = Vec::new();
+        let mut missing: Vec<(u32, String)> = Vec::new();
+        let now = Instant::now();
         for (i, d) in self.table.destinations().iter().enumerate() {
-            match remote.get(&d.config.id) {
-                Some(&v) => {
-                    let on = v != 0;
-                    if self.last_status[i] != Some(on) {
-                        if d.enabled() != on {
-                            tracing::info!(destination = d.config.id, enabled = on, "status set by another node");
+            match remote.get(&d.config.id).and_then(|v| parse_status(v)) {
+                Some(theirs) => {
+                    if self.last_status[i] != Some(theirs) {
+                        if now_of(d) != theirs {
+                            tracing::info!(
+                                destination = d.config.id,
+                                up = theirs.0,
+                                reason = theirs.1.as_str(),
+                                "status set by another node"
+                            );
+                            d.set_status(theirs.0, theirs.1, None, Some(now));
                         }
-                        d.set_enabled(on);
-                        self.last_status[i] = Some(on);
+                        self.last_status[i] = Some(theirs);
                     }
                 }
                 None => {
-                    let on = d.enabled();
-                    self.last_status[i] = Some(on);
-                    missing.push((d.config.id, u8::from(on)));
+                    let cur = now_of(d);
+                    self.last_status[i] = Some(cur);
+                    missing.push((d.config.id, status_text(cur)));
                 }
             }
         }
@@ -631,9 +642,37 @@ impl Replicator {
     }
 }
 
+/// `1:probe`, `0:admin`...
+fn status_text((up, reason): (bool, Reason)) -> String {
+    format!("{}:{}", u8::from(up), reason.as_str())
+}
+
+/// Parses [`status_text`]; `None` for anything else.
+fn parse_status(v: &str) -> Option<(bool, Reason)> {
+    let (up, reason) = v.split_once(':')?;
+    let up = match up {
+        "1" => true,
+        "0" => false,
+        _ => return None,
+    };
+    Some((up, Reason::ALL.into_iter().find(|r| r.as_str() == reason)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_values_round_trip() {
+        for r in Reason::ALL {
+            for up in [true, false] {
+                assert_eq!(parse_status(&status_text((up, r))), Some((up, r)));
+            }
+        }
+        assert_eq!(parse_status("1"), None);
+        assert_eq!(parse_status("2:admin"), None);
+        assert_eq!(parse_status("0:bogus"), None);
+    }
 
     #[test]
     fn unix_ms_is_sane() {

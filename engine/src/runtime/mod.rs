@@ -137,10 +137,11 @@ impl Runtime {
         for &addr in &cfg.listen {
             udp::check_free(addr, cfg.freebind).map_err(|source| RuntimeError::Bind { addr, source })?;
         }
-        let probe_socket = UdpSocket::bind(cfg.probing.address).map_err(|source| RuntimeError::Bind {
-            addr: cfg.probing.address,
-            source,
-        })?;
+        let probe_socket =
+            udp::bind_blocking(cfg.probing.address, cfg.freebind).map_err(|source| RuntimeError::Bind {
+                addr: cfg.probing.address,
+                source,
+            })?;
         let ha = crate::ha::Ha::new(&cfg);
         let mut sockets = Vec::new();
         for i in 0..n {

@@ -36,6 +36,16 @@ pub fn bind_with(addr: SocketAddr, reuse_port: bool, buffer: usize, freebind: bo
     Ok(s.into())
 }
 
+/// A plain blocking UDP socket (the prober's); `freebind` as in [`bind_with`].
+pub fn bind_blocking(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if freebind {
+        set_freebind(&s, addr)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// Fails when another socket (another siplb, say) already holds `addr`:
 /// `SO_REUSEPORT` would otherwise let a second process share the port
 /// silently.

@@ -94,6 +94,8 @@ io = "epoll"
 listen = "127.0.0.1:8888"
 [timers]
 fr_timeout = "2s"
+[probing]
+address = "$2"
 [ha]
 redis = "redis://$NET.2:6379/0"
 node = "n$1"
@@ -114,7 +116,7 @@ EOF
 keepalived_conf() { # n priority
     sed -e "s#192.0.2.100/24#$VIP/24#" -e "s/priority 150/priority $2/" \
         -e "s/router_id siplb-lb1/router_id siplb-n$1/" \
-        -e "s/advert_int 1/advert_int 1/" \
+        -e "s#script \"/usr/bin/curl .*\"#script \"$SIPLB ctl health --url http://127.0.0.1:8888/mi\"#" \
         "$HERE/../../../examples/keepalived/keepalived-lb1.conf"
 }
 
