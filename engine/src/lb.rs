@@ -1242,7 +1242,11 @@ mod tests {
         assert_eq!((load(&t, 0, 0), load(&t, 1, 0)), (2, 3));
         for (d, n) in [(0u16, 2), (1, 3)] {
             for _ in 0..n {
-                t.release(Hold { dest: d, resources: s });
+                t.release(Hold {
+                    dest: d,
+                    generation: t.dest(d).unwrap().generation,
+                    resources: s,
+                });
             }
         }
         assert_eq!(t.total_load(), 0);
