@@ -49,6 +49,10 @@
 //! With `admin.token` set, every request must carry `Authorization: Bearer
 //! TOKEN`, else it gets HTTP 401 (the config refuses a non-loopback
 //! `admin.listen` without a token).
+//!
+//! `health` (JSON-RPC) and `GET /health` say whether this node serves, its
+//! HA role and Redis state ([`crate::ha::health`]); `GET /health` answers
+//! 200 while siplb serves, also when degraded, for keepalived's check.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +82,8 @@ pub struct View {
     pub live: Option<Arc<Live>>,
     /// The workers' control queues (`None`: no dialog commands).
     pub control: Option<crate::runtime::Controller>,
+    /// HA state, when `[ha]` is configured.
+    pub ha: Option<Arc<crate::ha::Status>>,
 }
 
 /// How long a dialog command waits for the workers.
@@ -107,6 +113,7 @@ const COMMANDS: &[&str] = &[
     "dlg_end",
     "dlg_end_dlg",
     "dialog:end_dlg",
+    "health",
 ];
 
 /// Starts the admin server on `addr`; it exits when `stop` is set.
@@ -185,7 +192,12 @@ fn serve(mut req: tiny_http::Request, view: &View) {
         }
         (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(metrics(view))
             .with_header(header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")),
-        _ => tiny_http::Response::from_string("not found: POST /mi (JSON-RPC) or GET /metrics\n").with_status_code(404),
+        (tiny_http::Method::Get, "/health") => {
+            let h = crate::ha::health(view.ha.as_deref(), view.stats.len());
+            tiny_http::Response::from_string(format!("{h}\n")).with_header(json_header)
+        }
+        _ => tiny_http::Response::from_string("not found: POST /mi (JSON-RPC), GET /metrics or GET /health\n")
+            .with_status_code(404),
     };
     let _ = req.respond(response);
 }
@@ -256,6 +268,7 @@ pub fn handle(body: &str, view: &View) -> Value {
             })
         }
         "lb_list" | "load_balancer:list" => lb_list(view),
+        "health" => crate::ha::health(view.ha.as_deref(), view.stats.len()),
         "lb_status" | "load_balancer:status" => {
             let d = match destination_param(view, &params) {
                 Ok(d) => d,
@@ -736,7 +749,11 @@ pub fn statistics(view: &View, wanted: &[String]) -> Value {
 
 /// Prometheus text exposition (see [`crate::metrics`]).
 pub fn metrics(view: &View) -> String {
-    crate::metrics::render(&view.table, &view.stats, view.started)
+    let mut s = crate::metrics::render(&view.table, &view.stats, view.started);
+    if let Some(ha) = &view.ha {
+        crate::ha::metrics(ha, &view.table, &mut s);
+    }
+    s
 }
 
 #[cfg(test)]
@@ -753,6 +770,7 @@ mod tests {
             token: None,
             live: None,
             control: None,
+            ha: None,
         }
     }
 
@@ -924,6 +942,9 @@ mod tests {
         assert!(r["result"].as_array().unwrap().contains(&json!("lb_list")));
         let r = handle(r#"{"jsonrpc":"2.0","method":"nope","id":1}"#, &v);
         assert_eq!(r["error"]["code"], -32601);
+        let r = handle(r#"{"jsonrpc":"2.0","method":"health","id":1}"#, &v);
+        assert_eq!(r["result"]["status"], "ok");
+        assert_eq!(r["result"]["workers"], 2);
         let r = handle("{", &v);
         assert_eq!(r["error"]["code"], -32700);
         assert!(metrics(&v).contains("siplb_destination_load{group=\"1\",destination=\"1\",resource=\"pstn\"} 0"));

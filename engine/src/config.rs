@@ -79,6 +79,9 @@ pub struct File {
     /// `[[rules]]`: the routing policy for initial requests, first match wins.
     #[serde(default)]
     pub rules: Vec<RuleFile>,
+    /// `[ha]`: replication through Redis and shared load (see [`crate::ha`]).
+    #[serde(default)]
+    pub ha: crate::ha::HaFile,
 }
 
 /// `[server]`
@@ -118,6 +121,10 @@ pub struct ServerFile {
     /// at the price of passing most of its requests between workers).
     #[serde(default = "default_ownership")]
     pub ownership: Spanned<String>,
+    /// Bind the listen addresses even when they are not (yet) local
+    /// (IP_FREEBIND): a standby binds the virtual IP before it owns it.
+    #[serde(default)]
+    pub freebind: bool,
 }
 
 impl Default for ServerFile {
@@ -587,6 +594,10 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// Destination rows from `[[sources]]` that were skipped, with where and why.
     pub skipped: Vec<String>,
+    /// Bind listen addresses with IP_FREEBIND.
+    pub freebind: bool,
+    /// Replication and shared load, when `[ha] redis` is set.
+    pub ha: Option<crate::ha::HaConfig>,
 }
 
 /// Which I/O path the runtime uses.
@@ -1529,6 +1540,8 @@ impl Validator<'_> {
             resource_names,
             rules,
             skipped,
+            freebind: s.freebind,
+            ha: crate::ha::HaConfig::build(&file.ha, internal_ip, s.internal_port_base)?,
         })
     }
 }

@@ -58,6 +58,12 @@
 //! and counted per reason. The status lives in the destination's `Kept`
 //! part, shared by the snapshots, so a reload that keeps a destination
 //! (same id and URI) keeps its status, probing counters and counts with it.
+//!
+//! # Remote load (active/active)
+//! Each counter also has a `remote` part: the load other siplb nodes of the
+//! group hold on the same destination, as last published through Redis
+//! (set by the HA thread, see `crate::ha`). Selection and the capacity
+//! check use `load + remote`; reservations and releases touch `load` only.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -196,6 +202,7 @@ pub enum LbError {
 pub struct Counter {
     load: AtomicU32,
     capacity: AtomicU32,
+    remote: AtomicU32,
 }
 
 impl Counter {
@@ -207,6 +214,16 @@ impl Counter {
     /// Current capacity.
     pub fn capacity(&self) -> u32 {
         self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Load held by the other nodes of an active/active group (0 alone).
+    pub fn remote(&self) -> u32 {
+        self.remote.load(Ordering::Relaxed)
+    }
+
+    /// Sets the other nodes' load (the HA thread does, every interval).
+    pub fn set_remote(&self, load: u32) {
+        self.remote.store(load, Ordering::Relaxed);
     }
 }
 
@@ -358,6 +375,7 @@ impl DestState {
                 *slot = Some(Arc::new(Counter {
                     load: AtomicU32::new(0),
                     capacity: AtomicU32::new(cap),
+                    remote: AtomicU32::new(0),
                 }));
             }
         }
@@ -401,6 +419,7 @@ impl DestState {
                     None => Arc::new(Counter {
                         load: AtomicU32::new(0),
                         capacity: AtomicU32::new(cap),
+                        remote: AtomicU32::new(0),
                     }),
                 };
                 *slot = Some(c);
@@ -600,9 +619,10 @@ impl DestState {
         let mut avail = i64::MAX;
         for rid in set.iter() {
             let c = self.counter(rid)?;
-            let load = c.load();
             let cap = c.capacity();
-            seen[rid] = load;
+            let own = c.load();
+            seen[rid] = own;
+            let load = own.saturating_add(c.remote());
             let a = if relative {
                 if cap == 0 {
                     0
@@ -862,7 +882,7 @@ impl Table {
                 };
                 let cap = c.capacity();
                 let expected = seen[rid];
-                let fits = flags.negative || expected < cap;
+                let fits = flags.negative || expected.saturating_add(c.remote()) < cap;
                 if !fits
                     || c.load
                         .compare_exchange(expected, expected + 1, Ordering::AcqRel, Ordering::Relaxed)
@@ -1201,6 +1221,35 @@ mod tests {
         assert!(d.probe_result(ProbeResult::Ok(200), 1, 1, now).is_some());
         assert!(d.enabled() && !d.wants_probe());
         assert!(!probed(0, false).dest(0).unwrap().wants_probe());
+    }
+
+    #[test]
+    fn remote_load_counts_against_capacity() {
+        let t = table(&[(1, 1, "pstn=3"), (2, 1, "pstn=3")]);
+        let s = set(&t, &["pstn"]);
+        // Another node holds 2 calls on the first destination: the second wins.
+        t.dest(0).unwrap().counter(0).unwrap().set_remote(2);
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        // 1 left on each: the tie goes to the first.
+        assert_eq!(pick(&t, 1, s, ""), Ok(0));
+        assert_eq!(pick(&t, 1, s, ""), Ok(1));
+        // 1 local + 2 remote = 3 = capacity on the first; the second is full.
+        assert_eq!(pick(&t, 1, s, ""), Err(LbError::Full));
+        // The remote share goes away (a dead node's TTL expired): room again.
+        t.dest(0).unwrap().counter(0).unwrap().set_remote(0);
+        assert_eq!(pick(&t, 1, s, ""), Ok(0));
+        assert_eq!((load(&t, 0, 0), load(&t, 1, 0)), (2, 3));
+        for (d, n) in [(0u16, 2), (1, 3)] {
+            for _ in 0..n {
+                t.release(Hold {
+                    dest: d,
+                    generation: t.dest(d).unwrap().generation,
+                    resources: s,
+                });
+            }
+        }
+        assert_eq!(t.total_load(), 0);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!   random, priority, SRV), pure functions over a destination set.
 //! - [`metrics`]: the Prometheus exposition.
 //! - [`probe`]: health probing (OPTIONS), sans-IO.
+//! - [`ha`]: replication through Redis, takeover, shared load (its own thread).
 //! - [`config`]: the TOML configuration.
 //! - [`sources`]: destinations from OpenSIPS tables (dbtext file, MySQL).
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod dispatch;
+pub mod ha;
 pub mod lb;
 pub mod metrics;
 pub mod probe;

@@ -190,6 +190,7 @@ fn main() -> anyhow::Result<()> {
                 token: config.admin_token.clone(),
                 live: Some(live.clone()),
                 control: Some(runtime.controller()),
+                ha: runtime.ha.clone(),
             };
             Some(siplb::admin::start(addr, view, runtime.stop_flag()).with_context(|| format!("admin API on {addr}"))?)
         }

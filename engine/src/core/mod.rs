@@ -63,6 +63,13 @@
 //! sends a BYE to each side, as siplb's own transactions (retransmitted
 //! until answered or `fr_timeout`); an early dialog is CANCELled downstream
 //! and ends with the 487 as a caller's CANCEL would.
+//! # Replication (optional, `[ha]`)
+//! With replication on, confirmed dialogs and their end are queued as
+//! [`replica::DialogEvent`]s (drain with [`Proxy::poll_event`]); dialogs
+//! loaded from another node come in with [`Proxy::adopt`] and are found by
+//! Call-ID when the `did` in the Route does not name a live slot of this
+//! process. [`Proxy::release_all`] drops every dialog without events (a
+//! node that lost the virtual IP).
 //!
 //! # Timers
 //! One [`timer::TimerWheel`] per proxy (10 ms ticks, 40.96 s span, a heap
@@ -77,6 +84,7 @@
 #![forbid(unsafe_code)]
 
 pub mod msg;
+pub mod replica;
 pub mod slab;
 pub mod stats;
 pub mod timer;
@@ -94,6 +102,7 @@ use crate::config::{Action, Config};
 use crate::dispatch::{Algorithm, Candidate, DispatchFlags, MAX_CANDIDATES};
 use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried, MAX_TRIES};
 use msg::{BranchId, DialogId};
+use replica::{Adopted, Confirmed, DialogEvent};
 use slab::{Key, Slab};
 pub use stats::Stats;
 use timer::TimerWheel;
@@ -366,6 +375,11 @@ pub struct Proxy {
     rng: u64,
     /// Round-robin position per dispatcher set.
     ticks: HashMap<u32, u64>,
+    /// Queue dialog events for replication.
+    replicate: bool,
+    events: VecDeque<DialogEvent>,
+    /// Dialogs adopted from another process, by Call-ID hash.
+    adopted: HashMap<u64, Key>,
 }
 
 impl Proxy {
@@ -389,6 +403,9 @@ impl Proxy {
             out: VecDeque::new(),
             rng: seed | 1,
             ticks: HashMap::new(),
+            replicate: cfg.ha.is_some(),
+            events: VecDeque::new(),
+            adopted: HashMap::new(),
             cfg,
             table,
             stats,
@@ -429,6 +446,72 @@ impl Proxy {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop_front()
+    }
+
+    /// The next dialog event for replication (only with `[ha]` on).
+    pub fn poll_event(&mut self) -> Option<DialogEvent> {
+        self.events.pop_front()
+    }
+
+    /// Takes over a dialog replicated by another process: counts its load
+    /// again and tracks it as confirmed until BYE or expiry. False when it
+    /// is known already or the dialog table is full.
+    pub fn adopt(&mut self, now: Instant, a: Adopted) -> bool {
+        self.timers.observe(now);
+        if let Some(&k) = self.adopted.get(&a.call_id_hash) {
+            if self.dialogs.get(k).is_some() {
+                return false;
+            }
+        }
+        let Some(hold) = self.table.count_call(a.hold.dest, a.hold.resources) else {
+            return false;
+        };
+        // What dlg_list shows of an adopted call: only what the replica
+        // record carries (its Call-ID hash, load and lifetime); the caller
+        // and callee of siplb's own BYEs are unknown (dlg_end releases the
+        // load and sends nothing).
+        let info = DialogInfo {
+            start: now,
+            call_id: Vec::new(),
+            from: Vec::new(),
+            to: Vec::new(),
+            from_tag: Vec::new(),
+            to_tag: Vec::new(),
+            caller_contact: Vec::new(),
+            callee_contact: Vec::new(),
+            caller_routes: Vec::new(),
+            callee_routes: Vec::new(),
+            caller: (Local::Internal, SocketAddr::from(([0, 0, 0, 0], 0))),
+            callee: None,
+            caller_cseq: 0,
+            callee_cseq: 0,
+        };
+        let dialog = Dialog {
+            state: DialogState::Confirmed,
+            hold: Some(hold),
+            call_id: a.call_id_hash,
+            expires: a.expires,
+            info: Box::new(info),
+        };
+        let Some(k) = self.dialogs.insert(dialog) else {
+            self.table.release(hold);
+            Stats::inc(&self.stats.table_full);
+            return false;
+        };
+        self.adopted.insert(a.call_id_hash, k);
+        Stats::inc(&self.stats.active_dialogs);
+        self.schedule(a.expires.max(now), TimerRef::Dialog(k.index, k.generation));
+        true
+    }
+
+    /// Ends every dialog, releasing its load, without replication events
+    /// (another node owns them now).
+    pub fn release_all(&mut self) {
+        let keys: Vec<Key> = self.dialogs.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.end_dialog(k, End::Shutdown);
+        }
+        self.adopted.clear();
     }
 
     /// When [`Proxy::handle_timeout`] should be called next.
@@ -706,13 +789,13 @@ impl Proxy {
     /// The worker that owns a message, when siplb's own marks say so.
     fn owner(&self, msg: &Message<'_>) -> Option<u16> {
         if msg.is_request() {
-            let ours = msg
-                .route_values()
-                .next()
-                .and_then(msg::route_dialog)
-                .filter(|d| d.epoch == self.epoch);
-            match ours {
-                Some(d) => Some(d.worker),
+            let did = msg.route_values().next().and_then(msg::route_dialog);
+            match did {
+                Some(d) if d.epoch == self.epoch => Some(d.worker),
+                // Written by another process (before a takeover): adopted
+                // dialogs live on the worker their Call-ID hashes to.
+                Some(_) if self.cfg.workers > 1 => Some((msg::hash(&[msg.call_id()]) % self.cfg.workers as u64) as u16),
+                Some(_) => None,
                 // Everything about a call that carries no mark of ours
                 // (INVITE, its retransmissions, CANCEL, the ACK of a
                 // failure) goes to the same worker.
@@ -1171,8 +1254,12 @@ impl Proxy {
                     generation: d.generation,
                 };
                 let call_id = msg::hash(&[m.call_id()]);
+                let adopted = self.adopted.get(&call_id).copied();
                 match self.dialogs.get(k) {
                     Some(dl) if d.epoch == self.epoch && dl.call_id == call_id => Some(k),
+                    _ if adopted.is_some_and(|a| self.dialogs.get(a).is_some_and(|dl| dl.call_id == call_id)) => {
+                        adopted
+                    }
                     _ => {
                         if is_ack {
                             Stats::inc(&self.stats.drop_stray_ack);
@@ -1886,6 +1973,19 @@ impl Proxy {
             info.callee = Some(callee);
             Stats::dec(&self.stats.early_dialogs);
             Stats::inc(&self.stats.active_dialogs);
+            if self.replicate {
+                if let Some(hold) = d.hold {
+                    self.events.push_back(DialogEvent::Confirmed(Confirmed {
+                        call_id_hash: d.call_id,
+                        call_id: ok.call_id().to_vec(),
+                        from_tag: ok.from_tag().unwrap_or_default().to_vec(),
+                        to_tag: ok.to_tag().unwrap_or_default().to_vec(),
+                        hold,
+                        worker: self.worker,
+                        lifetime,
+                    }));
+                }
+            }
             self.schedule(now + lifetime, TimerRef::Dialog(k.index, k.generation));
         }
     }
@@ -1895,6 +1995,14 @@ impl Proxy {
         let Some(mut d) = self.dialogs.remove(k) else { return };
         if let Some(h) = d.hold.take() {
             self.table.release(h);
+        }
+        if !self.adopted.is_empty() && self.adopted.get(&d.call_id) == Some(&k) {
+            self.adopted.remove(&d.call_id);
+        }
+        if self.replicate && d.state == DialogState::Confirmed && why != End::Shutdown {
+            self.events.push_back(DialogEvent::Ended {
+                call_id_hash: d.call_id,
+            });
         }
         match d.state {
             DialogState::Early => {

@@ -138,6 +138,9 @@ pub struct Runtime {
     pub live: Arc<Live>,
     /// Per-worker statistics.
     pub stats: Vec<Arc<Stats>>,
+    /// Replication and shared-load state, when `[ha]` is configured.
+    pub ha: Option<Arc<crate::ha::Status>>,
+    ha_thread: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     prober: Option<JoinHandle<()>>,
@@ -190,23 +193,26 @@ impl Runtime {
         let n = cfg.workers;
         let epoch = epoch();
         for &addr in &cfg.listen {
-            udp::check_free(addr).map_err(|source| RuntimeError::Bind { addr, source })?;
+            udp::check_free(addr, cfg.freebind).map_err(|source| RuntimeError::Bind { addr, source })?;
         }
-        let probe_socket = UdpSocket::bind(cfg.probing.address).map_err(|source| RuntimeError::Bind {
-            addr: cfg.probing.address,
-            source,
-        })?;
+        let probe_socket =
+            udp::bind_blocking(cfg.probing.address, cfg.freebind).map_err(|source| RuntimeError::Bind {
+                addr: cfg.probing.address,
+                source,
+            })?;
+        let ha = crate::ha::Ha::new(&cfg);
         let mut sockets = Vec::new();
         for i in 0..n {
             let mut publics = Vec::new();
             for &addr in &cfg.listen {
                 publics.push(
-                    udp::bind(addr, true, cfg.socket_buffer).map_err(|source| RuntimeError::Bind { addr, source })?,
+                    udp::bind_with(addr, true, cfg.socket_buffer, cfg.freebind)
+                        .map_err(|source| RuntimeError::Bind { addr, source })?,
                 );
             }
             let addr = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base + i as u16);
-            let internal =
-                udp::bind(addr, false, cfg.socket_buffer).map_err(|source| RuntimeError::Bind { addr, source })?;
+            let internal = udp::bind_with(addr, false, cfg.socket_buffer, cfg.freebind)
+                .map_err(|source| RuntimeError::Bind { addr, source })?;
             sockets.push((publics, internal));
         }
         let mut wakers = Vec::new();
@@ -253,6 +259,7 @@ impl Runtime {
                 use_uring,
                 live: live.clone(),
                 generation,
+                ha: ha.as_ref().map(|h| h.link(i)),
             };
             let core = cores.get(i % cores.len().max(1)).copied();
             let handle = std::thread::Builder::new()
@@ -284,6 +291,20 @@ impl Runtime {
             what: "spawn prober",
             source,
         })?;
+        let ha_status = ha.as_ref().map(|h| h.status());
+        let ha_thread = match ha {
+            Some(h) => {
+                let ha_stop = Arc::new(AtomicBool::new(false));
+                let t = h
+                    .start(cfg.clone(), table.clone(), wakers.clone(), ha_stop.clone())
+                    .map_err(|source| RuntimeError::Io {
+                        what: "spawn HA thread",
+                        source,
+                    })?;
+                Some((t, ha_stop))
+            }
+            None => None,
+        };
         tracing::info!(
             io = if use_uring { "io_uring" } else { "epoll" },
             workers = n,
@@ -295,6 +316,8 @@ impl Runtime {
             table,
             live,
             stats: all_stats,
+            ha: ha_status,
+            ha_thread,
             stop,
             workers,
             prober: Some(prober),
@@ -322,6 +345,10 @@ impl Runtime {
         }
         if let Some(p) = self.prober {
             let _ = p.join();
+        }
+        if let Some((t, stop)) = self.ha_thread {
+            stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
         }
     }
 
@@ -373,6 +400,7 @@ struct Worker {
     live: Arc<Live>,
     /// The generation of the snapshot the proxy holds.
     generation: u64,
+    ha: Option<crate::ha::WorkerLink>,
 }
 
 impl Worker {
@@ -476,6 +504,9 @@ impl Worker {
                 self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
             }
             self.control(now);
+            if let Some(ha) = &self.ha {
+                ha.pump(&mut self.proxy, now);
+            }
             if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
                 self.proxy.handle_timeout(now);
             }
@@ -537,6 +568,9 @@ impl Worker {
                 self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
             }
             self.control(now);
+            if let Some(ha) = &self.ha {
+                ha.pump(&mut self.proxy, now);
+            }
             if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
                 self.proxy.handle_timeout(now);
             }

@@ -13,7 +13,16 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Binds a non-blocking UDP socket; `reuse_port` lets every worker bind
 /// the same public address (the kernel spreads flows over them).
 pub fn bind(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<UdpSocket> {
+    bind_with(addr, reuse_port, buffer, false)
+}
+
+/// As [`bind`]; `freebind` (IP_FREEBIND) binds an address that is not
+/// local yet, such as a virtual IP held by the other node of a pair.
+pub fn bind_with(addr: SocketAddr, reuse_port: bool, buffer: usize, freebind: bool) -> io::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if freebind {
+        set_freebind(&s, addr)?;
+    }
     // No SO_REUSEADDR: for UDP on Linux it lets a second process bind the
     // same port and steal half the traffic.
     if reuse_port {
@@ -27,12 +36,33 @@ pub fn bind(addr: SocketAddr, reuse_port: bool, buffer: usize) -> io::Result<Udp
     Ok(s.into())
 }
 
+/// A plain blocking UDP socket (the prober's); `freebind` as in [`bind_with`].
+pub fn bind_blocking(addr: SocketAddr, freebind: bool) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if freebind {
+        set_freebind(&s, addr)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// Fails when another socket (another siplb, say) already holds `addr`:
 /// `SO_REUSEPORT` would otherwise let a second process share the port
 /// silently.
-pub fn check_free(addr: SocketAddr) -> io::Result<()> {
+pub fn check_free(addr: SocketAddr, freebind: bool) -> io::Result<()> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if freebind {
+        set_freebind(&s, addr)?;
+    }
     s.bind(&addr.into())
+}
+
+fn set_freebind(s: &Socket, addr: SocketAddr) -> io::Result<()> {
+    if addr.is_ipv4() {
+        s.set_freebind(true)
+    } else {
+        s.set_freebind_ipv6(true)
+    }
 }
 
 /// An epoll instance.
