@@ -42,13 +42,14 @@ impl BranchId {
     /// runs for every relayed request).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(BRANCH_PREFIX);
-        push_hex(out, u64::from(self.epoch));
-        out.push(b'.');
-        push_hex(out, u64::from(self.worker));
-        out.push(b'.');
-        push_hex(out, u64::from(self.index));
-        out.push(b'.');
-        push_hex(out, u64::from(self.generation));
+        // The owner and slot are written as a dialog id is.
+        DialogId {
+            epoch: self.epoch,
+            worker: self.worker,
+            index: self.index,
+            generation: self.generation,
+        }
+        .encode_into(out);
         out.push(b'.');
         push_hex(out, u64::from(self.attempt));
     }
