@@ -336,18 +336,7 @@ pub fn handle(body: &str, view: &View) -> Value {
             };
             match live.reload() {
                 Ok(r) => {
-                    tracing::info!(
-                        command = method,
-                        destinations = r.destinations,
-                        rules = r.rules,
-                        kept = ?r.report.kept,
-                        added = ?r.report.added,
-                        removed = ?r.report.removed,
-                        draining = ?r.report.draining,
-                        skipped = ?r.skipped,
-                        not_reloaded = ?r.not_reloaded,
-                        "reloaded"
-                    );
+                    r.log(method);
                     reloaded(&r)
                 }
                 Err(e) => {

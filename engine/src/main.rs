@@ -204,18 +204,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
         if HANGUP.swap(false, Ordering::Relaxed) {
             match live.reload() {
-                Ok(r) => tracing::info!(
-                    signal = "SIGHUP",
-                    destinations = r.destinations,
-                    rules = r.rules,
-                    kept = ?r.report.kept,
-                    added = ?r.report.added,
-                    removed = ?r.report.removed,
-                    draining = ?r.report.draining,
-                    skipped = ?r.skipped,
-                    not_reloaded = ?r.not_reloaded,
-                    "reloaded"
-                ),
+                Ok(r) => r.log("SIGHUP"),
                 Err(e) => {
                     tracing::error!(signal = "SIGHUP", error = %e, "reload refused, the running configuration stays")
                 }

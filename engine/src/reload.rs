@@ -70,6 +70,25 @@ pub struct Reloaded {
     pub not_reloaded: Vec<&'static str>,
 }
 
+impl Reloaded {
+    /// Logs the outcome once; `trigger` says what asked for the reload
+    /// (an admin command or `SIGHUP`).
+    pub fn log(&self, trigger: &str) {
+        tracing::info!(
+            trigger,
+            destinations = self.destinations,
+            rules = self.rules,
+            kept = ?self.report.kept,
+            added = ?self.report.added,
+            removed = ?self.report.removed,
+            draining = ?self.report.draining,
+            skipped = ?self.skipped,
+            not_reloaded = ?self.not_reloaded,
+            "reloaded"
+        );
+    }
+}
+
 /// The running state, shared by workers, the admin thread and `main`.
 #[derive(Debug)]
 pub struct Live {
