@@ -57,6 +57,22 @@
 //! cancelled lazily: a fired entry whose transaction or dialog moved on is
 //! ignored.
 //!
+//! # Transports
+//! A message arrives on a UDP socket or on a stream connection
+//! ([`Local::Conn`], named by the runtime with a [`ConnId`]); the runtime
+//! frames streams and passes one whole message at a time. Replies and
+//! relayed responses go back on the [`Local`] the request came on. Requests
+//! go to a destination over the transport its URI names ([`Local::Connect`]:
+//! the runtime reuses a connection to that address or opens one). On a
+//! stream siplb's Via says `TCP`/`TLS` with `;alias` (RFC 5923) and no
+//! retransmission timers run (Timers A, E and G are for UDP only); Timers
+//! B/F (`fr_timeout`, `fr_inv_timeout`) still do. When the two sides of a
+//! call use different transports, siplb records two routes (RFC 5658): the
+//! top one names its address for the destination's side, the second its
+//! address for the caller's side, each with its `;transport=`; an in-dialog
+//! request that carries both loses both, and goes out over the transport of
+//! the second (unless the next URI names one).
+//!
 //! # Contract
 //! No input panics the core. Every datagram is relayed, answered, absorbed
 //! or dropped and counted in [`Stats`].
@@ -67,6 +83,7 @@ pub mod msg;
 pub mod slab;
 pub mod stats;
 pub mod timer;
+pub mod transport;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -83,6 +100,7 @@ use msg::{BranchId, DialogId};
 use slab::{Key, Slab};
 pub use stats::Stats;
 use timer::TimerWheel;
+pub use transport::{ConnId, Transport};
 
 /// Granularity of the timer wheel: timers fire at most this much late.
 const TICK: Duration = Duration::from_millis(10);
@@ -90,13 +108,42 @@ const TICK: Duration = Duration::from_millis(10);
 /// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
 const T4: Duration = Duration::from_secs(5);
 
-/// The socket a datagram came in on or goes out of.
+/// The socket or connection a message came in on or goes out of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Local {
-    /// A public listen address (index into `Config::listen`).
+    /// A public UDP listen address (index into `Config::listen`).
     Public(u8),
-    /// The worker's private backend-facing socket.
+    /// The worker's private backend-facing UDP socket.
     Internal,
+    /// A stream connection. On a [`Transmit`]: send on it; when it has
+    /// closed meanwhile, the runtime handles a response as RFC 3261
+    /// §18.2.2 says (a new connection to the `received` address and the
+    /// sent-by port of its top Via, see [`msg::stream_fallback`]) and drops
+    /// a request.
+    Conn(ConnId),
+    /// On a [`Transmit`] only: to `dst` over this stream transport, on a
+    /// connection the worker already has to that address, else a new one.
+    Connect(Transport),
+}
+
+impl Local {
+    /// The transport of this socket or connection.
+    pub fn transport(self) -> Transport {
+        match self {
+            Local::Public(_) | Local::Internal => Transport::Udp,
+            Local::Conn(c) => c.transport,
+            Local::Connect(t) => t,
+        }
+    }
+
+    /// Where to send requests over `transport`: the internal UDP socket,
+    /// or a (reused) connection.
+    pub fn outbound(transport: Transport) -> Local {
+        match transport {
+            Transport::Udp => Local::Internal,
+            t => Local::Connect(t),
+        }
+    }
 }
 
 /// A datagram to send.
@@ -159,6 +206,8 @@ struct Txn {
     client: Client,
     attempt: u8,
     dest: SocketAddr,
+    /// Transport towards `dest`.
+    dest_transport: Transport,
     /// The request as last sent downstream.
     out: Vec<u8>,
     a_interval: Duration,
@@ -169,7 +218,9 @@ struct Txn {
     lb: Option<(u32, ResourceSet, Flags)>,
     tried: Tried,
     record_route: bool,
-    remove_route: bool,
+    /// How many of siplb's own Route values to remove (0, 1, or 2 after a
+    /// double Record-Route).
+    remove_routes: u8,
     scheduled: Option<Instant>,
 }
 
@@ -214,8 +265,10 @@ pub struct Proxy {
     stats: Arc<Stats>,
     worker: u16,
     epoch: u32,
-    via_host: Vec<u8>,
-    record_route_host: Vec<u8>,
+    /// `SIP/2.0/<T> host:port` of siplb's Via, per transport.
+    via_hosts: [Vec<u8>; 3],
+    /// `<sip:host:port[;transport=t];lr` of siplb's Record-Route, per transport.
+    record_route_hosts: [Vec<u8>; 3],
     ours: Vec<SocketAddr>,
     txns: Slab<Txn>,
     index: HashMap<u64, Key>,
@@ -232,11 +285,38 @@ impl Proxy {
     /// random choice.
     pub fn new(cfg: Arc<Config>, table: Arc<Table>, stats: Arc<Stats>, worker: u16, epoch: u32, seed: u64) -> Proxy {
         let internal = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base.wrapping_add(worker));
+        // The address siplb gives for each stream transport: the first
+        // listen address of that transport (with the advertised IP when it
+        // listens on all addresses), else the advertised IP with the
+        // transport's default port.
+        let stream_addr = |list: &[SocketAddr], t: Transport| {
+            let a = list
+                .first()
+                .copied()
+                .unwrap_or(SocketAddr::new(cfg.advertised.ip(), t.default_port()));
+            if a.ip().is_unspecified() {
+                SocketAddr::new(cfg.advertised.ip(), a.port())
+            } else {
+                a
+            }
+        };
+        let tcp = stream_addr(&cfg.listen_tcp, Transport::Tcp);
+        let tls = stream_addr(&cfg.listen_tls, Transport::Tls);
         let mut ours = cfg.listen.clone();
-        ours.push(cfg.advertised);
+        ours.extend_from_slice(&cfg.listen_tcp);
+        ours.extend_from_slice(&cfg.listen_tls);
+        ours.extend([cfg.advertised, tcp, tls]);
         Proxy {
-            via_host: format!("SIP/2.0/UDP {internal}").into_bytes(),
-            record_route_host: format!("<sip:{};lr", cfg.advertised).into_bytes(),
+            via_hosts: [
+                format!("SIP/2.0/UDP {internal}").into_bytes(),
+                format!("SIP/2.0/TCP {tcp}").into_bytes(),
+                format!("SIP/2.0/TLS {tls}").into_bytes(),
+            ],
+            record_route_hosts: [
+                format!("<sip:{};lr", cfg.advertised).into_bytes(),
+                format!("<sip:{tcp};transport=tcp;lr").into_bytes(),
+                format!("<sip:{tls};transport=tls;lr").into_bytes(),
+            ],
             ours,
             txns: Slab::new(cfg.limits.max_transactions, 0),
             index: HashMap::new(),
@@ -349,7 +429,7 @@ impl Proxy {
             self.on_request(now, local, remote, &msg);
         } else {
             Stats::inc(&self.stats.rx_responses);
-            self.on_response(now, remote, &msg);
+            self.on_response(now, local, remote, &msg);
         }
         Disposition::Handled
     }
@@ -495,7 +575,7 @@ impl Proxy {
         };
         match action {
             Action::Reply { code, reason } => self.reply(local, src, m, code, &reason, b""),
-            Action::Relay { addr, count } => {
+            Action::Relay { addr, transport, count } => {
                 if self.hops_exhausted(local, src, m) {
                     return;
                 }
@@ -517,7 +597,7 @@ impl Proxy {
                     None => None,
                 };
                 if self
-                    .start_txn(now, local, src, m, key, addr, dialog, None, invite, false)
+                    .start_txn(now, local, src, m, key, (addr, transport), dialog, None, invite, 0)
                     .is_none()
                 {
                     if let Some(dk) = dialog {
@@ -539,7 +619,7 @@ impl Proxy {
                     Ok(h) => h,
                     Err(e) => return self.no_capacity(local, src, m, e),
                 };
-                let Some(dest) = table.dest(hold.dest).map(|d| d.addr()) else {
+                let Some(dest) = table.dest(hold.dest).map(|d| (d.addr(), d.config.transport())) else {
                     table.release(hold);
                     return;
                 };
@@ -547,7 +627,7 @@ impl Proxy {
                     // Load is counted for calls only; other requests just
                     // go where a call would go.
                     table.release(hold);
-                    self.start_txn(now, local, src, m, key, dest, None, None, false, false);
+                    self.start_txn(now, local, src, m, key, dest, None, None, false, 0);
                     return;
                 }
                 let Some(dk) = self.new_dialog(now, m, hold) else {
@@ -558,7 +638,7 @@ impl Proxy {
                 tried.push(hold.dest);
                 let lb = Some((group, resources, flags));
                 if self
-                    .start_txn(now, local, src, m, key, dest, Some(dk), lb, true, false)
+                    .start_txn(now, local, src, m, key, dest, Some(dk), lb, true, 0)
                     .is_none()
                 {
                     self.end_dialog(dk, End::Failed);
@@ -694,13 +774,36 @@ impl Proxy {
         if self.hops_exhausted(local, src, m) {
             return;
         }
-        let next = match m.route_values().nth(1) {
-            Some(r) => siplb_parser::NameAddr::parse(r)
-                .ok()
-                .and_then(|na| msg::uri_addr(na.uri)),
-            None => m.request_uri().and_then(msg::uri_addr),
+        // After a double Record-Route both values are ours; the last one
+        // removed faces the next hop and names its transport.
+        let own = if m
+            .route_values()
+            .nth(1)
+            .is_some_and(|r| msg::route_is_ours(r, &self.ours))
+        {
+            2
+        } else {
+            1
         };
-        let Some(dst) = next else {
+        let facing = m
+            .route_values()
+            .nth(usize::from(own) - 1)
+            .and_then(|r| siplb_parser::NameAddr::parse(r).ok())
+            .and_then(|na| siplb_parser::Uri::parse(na.uri).ok())
+            .and_then(|u| Transport::of_uri(&u));
+        let next_uri = match m.route_values().nth(usize::from(own)) {
+            Some(r) => siplb_parser::NameAddr::parse(r).ok().map(|na| na.uri),
+            None => m.request_uri(),
+        };
+        let next = next_uri.and_then(|u| {
+            let transport = siplb_parser::Uri::parse(u)
+                .ok()
+                .and_then(|u| Transport::of_uri(&u))
+                .or(facing)
+                .unwrap_or_default();
+            Some((msg::uri_addr(u)?, transport))
+        });
+        let Some((dst, transport)) = next else {
             Stats::inc(&self.stats.drop_unroutable);
             if !is_ack {
                 self.reply(local, src, m, 502, "Bad Gateway", b"");
@@ -711,9 +814,9 @@ impl Proxy {
             // ACK for a 2xx: its own transaction, relayed statelessly.
             let mut branch = b"z9hG4bKslbs".to_vec();
             msg::push_hex(&mut branch, msg::hash(&[m.top_via().branch.unwrap_or_default()]));
-            if let Some(out) = self.forward(m, src, &branch, None, true) {
+            if let Some(out) = self.forward(m, src, transport, &branch, None, own) {
                 Stats::inc(&self.stats.relayed_requests);
-                self.send(Local::Internal, dst, out);
+                self.send(Local::outbound(transport), dst, out);
             }
             return;
         }
@@ -724,7 +827,7 @@ impl Proxy {
         }
         let key = txn_key(m, class(method));
         let invite = method == Method::Invite;
-        self.start_txn(now, local, src, m, key, dst, None, None, invite, true);
+        self.start_txn(now, local, src, m, key, (dst, transport), None, None, invite, own);
     }
 
     fn on_cancel(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
@@ -754,29 +857,35 @@ impl Proxy {
         let Some(t) = self.txns.get_mut(k) else { return };
         let Ok(sent) = scan_datagram(&t.out) else { return };
         let c = msg::cancel_for(&sent);
-        let dst = t.dest;
+        let (dst, transport) = (t.dest, t.dest_transport);
         let limit = now + fr;
         t.deadline = Some(t.deadline.map_or(limit, |d| d.min(limit)));
-        self.send(Local::Internal, dst, c);
+        self.send(Local::outbound(transport), dst, c);
         self.schedule_txn(k);
     }
 
-    /// The request as relayed: our Via on top, received/rport on the
-    /// sender's, Max-Forwards lowered (70 when absent), optionally our
-    /// Record-Route and without our Route.
+    /// The request as relayed over `transport`: our Via on top,
+    /// received/rport on the sender's, Max-Forwards lowered (70 when
+    /// absent), optionally our Record-Route values (in order, top first)
+    /// and without our `remove_routes` Route values.
     fn forward(
         &self,
         m: &Message<'_>,
         src: SocketAddr,
+        transport: Transport,
         branch: &[u8],
         record_route: Option<&[u8]>,
-        remove_route: bool,
+        remove_routes: u8,
     ) -> Option<Vec<u8>> {
-        let mut via = Vec::with_capacity(self.via_host.len() + branch.len() + 16);
-        via.extend_from_slice(&self.via_host);
+        let host = &self.via_hosts[transport as usize];
+        let mut via = Vec::with_capacity(host.len() + branch.len() + 24);
+        via.extend_from_slice(host);
         via.extend_from_slice(b";branch=");
         via.extend_from_slice(branch);
         via.extend_from_slice(b";rport");
+        if transport.is_stream() {
+            via.extend_from_slice(b";alias");
+        }
         // `received` and the port, in one buffer.
         let mut sender = Vec::with_capacity(24);
         msg::push_ip(&mut sender, src.ip());
@@ -800,10 +909,20 @@ impl Proxy {
         if let Some(rr) = record_route {
             push(Edit::InsertRecordRoute(rr));
         }
-        if remove_route && m.route_values().next().is_some() {
+        if remove_routes > 0 && m.route_values().next().is_some() {
             push(Edit::RemoveFirstRoute);
         }
-        rewrite(m, &edits[..n]).ok().map(|r| r.to_vec())
+        let out = rewrite(m, &edits[..n]).ok()?.to_vec();
+        if remove_routes < 2 {
+            return Some(out);
+        }
+        // The second of a double Record-Route: one more pass (rare: only
+        // in-dialog requests of calls that change transport).
+        let again = scan_datagram(&out).ok()?;
+        if again.route_values().next().is_none() {
+            return Some(out);
+        }
+        rewrite(&again, &[Edit::RemoveFirstRoute]).ok().map(|r| r.to_vec())
     }
 
     /// Creates a proxy transaction for `m` and sends the first attempt.
@@ -815,11 +934,11 @@ impl Proxy {
         src: SocketAddr,
         m: &Message<'_>,
         key: u64,
-        dest: SocketAddr,
+        (dest, dest_transport): (SocketAddr, Transport),
         dialog: Option<Key>,
         lb: Option<(u32, ResourceSet, Flags)>,
         invite: bool,
-        remove_route: bool,
+        remove_routes: u8,
     ) -> Option<Key> {
         let t = Txn {
             invite,
@@ -835,6 +954,7 @@ impl Proxy {
             client: Client::Calling,
             attempt: 0,
             dest,
+            dest_transport,
             out: Vec::new(),
             a_interval: self.cfg.timers.t1,
             a_next: None,
@@ -843,8 +963,8 @@ impl Proxy {
             dialog,
             lb,
             tried: Tried::default(),
-            record_route: invite && !remove_route,
-            remove_route,
+            record_route: invite && remove_routes == 0,
+            remove_routes,
             scheduled: None,
         };
         let Some(k) = self.txns.insert(t) else {
@@ -883,32 +1003,37 @@ impl Proxy {
             attempt: t.attempt,
         }
         .encode_into(&mut branch);
-        let rr = match (t.record_route, t.dialog) {
-            (false, _) => None,
-            (true, Some(d)) => {
-                let mut rr = self.record_route_host.clone();
-                rr.extend_from_slice(b";did=");
-                DialogId {
-                    epoch: self.epoch,
-                    worker: self.worker,
-                    index: d.index,
-                    generation: d.generation,
+        let rr = t.record_route.then(|| {
+            let value = |rr: &mut Vec<u8>, transport: Transport| {
+                rr.extend_from_slice(&self.record_route_hosts[transport as usize]);
+                if let Some(d) = t.dialog {
+                    rr.extend_from_slice(b";did=");
+                    DialogId {
+                        epoch: self.epoch,
+                        worker: self.worker,
+                        index: d.index,
+                        generation: d.generation,
+                    }
+                    .encode_into(rr);
                 }
-                .encode_into(&mut rr);
                 rr.push(b'>');
-                Some(rr)
+            };
+            // RFC 5658: when the transport changes, one value per side,
+            // the destination's side on top.
+            let (inbound, outbound) = (t.local.transport(), t.dest_transport);
+            let mut rr = Vec::with_capacity(96);
+            value(&mut rr, outbound);
+            if inbound != outbound {
+                rr.extend_from_slice(b", ");
+                value(&mut rr, inbound);
             }
-            (true, None) => {
-                let mut rr = self.record_route_host.clone();
-                rr.push(b'>');
-                Some(rr)
-            }
-        };
+            rr
+        });
         let forwarded = match request {
-            Some(m) => self.forward(m, t.src, &branch, rr.as_deref(), t.remove_route),
+            Some(m) => self.forward(m, t.src, t.dest_transport, &branch, rr.as_deref(), t.remove_routes),
             None => {
                 let Ok(m) = scan_datagram(&t.request) else { return false };
-                self.forward(&m, t.src, &branch, rr.as_deref(), t.remove_route)
+                self.forward(&m, t.src, t.dest_transport, &branch, rr.as_deref(), t.remove_routes)
             }
         };
         let Some(out) = forwarded else { return false };
@@ -917,18 +1042,19 @@ impl Proxy {
         t.out = out.clone();
         t.client = Client::Calling;
         t.a_interval = timers.t1;
-        t.a_next = Some(now + timers.t1);
+        // Timers A and E: retransmissions over UDP only.
+        t.a_next = (!t.dest_transport.is_stream()).then_some(now + timers.t1);
         t.deadline = Some(now + timers.fr_timeout);
-        let dst = t.dest;
+        let (dst, transport) = (t.dest, t.dest_transport);
         Stats::inc(&self.stats.relayed_requests);
-        self.send(Local::Internal, dst, out);
+        self.send(Local::outbound(transport), dst, out);
         self.schedule_txn(k);
         true
     }
 
     // ---- responses -----------------------------------------------------
 
-    fn on_response(&mut self, now: Instant, src: SocketAddr, m: &Message<'_>) {
+    fn on_response(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
         let code = m.status().unwrap_or(0);
         let id = m
             .top_via()
@@ -954,7 +1080,7 @@ impl Proxy {
                 // A 2xx retransmission after the transaction: relay by Via.
                 self.relay_stateless(m);
             } else if is_invite && code >= 300 {
-                self.ack(src, m, None);
+                self.ack(local, src, m, None);
             } else {
                 Stats::inc(&self.stats.drop_stray_response);
             }
@@ -963,7 +1089,7 @@ impl Proxy {
         if id.attempt != t.attempt || t.client == Client::Done {
             if is_invite && code >= 300 {
                 let sent = t.out.clone();
-                self.ack(src, m, Some(&sent));
+                self.ack(local, src, m, Some(&sent));
             } else if is_invite && (200..300).contains(&code) && id.attempt == t.attempt {
                 let (l, dst) = (t.local, t.src);
                 self.relay_response(l, dst, m);
@@ -1050,15 +1176,20 @@ impl Proxy {
             return;
         }
         let sent = t.out.clone();
-        self.ack(src, m, Some(&sent));
+        self.ack(local, src, m, Some(&sent));
         self.failure(now, k, code, Some(m));
     }
 
-    /// ACKs a non-2xx final. `sent`: the INVITE as siplb sent it.
-    fn ack(&mut self, src: SocketAddr, resp: &Message<'_>, sent: Option<&[u8]>) {
+    /// ACKs a non-2xx final received on `local` from `src` (back on its
+    /// connection, on a stream). `sent`: the INVITE as siplb sent it.
+    fn ack(&mut self, local: Local, src: SocketAddr, resp: &Message<'_>, sent: Option<&[u8]>) {
         let sent = sent.and_then(|s| scan_datagram(s).ok());
         let a = msg::ack_for(sent.as_ref(), resp);
-        self.send(Local::Internal, src, a);
+        let local = match local {
+            Local::Conn(_) => local,
+            _ => Local::Internal,
+        };
+        self.send(local, src, a);
     }
 
     /// Relays a response to `dst` without its top Via; returns what was sent.
@@ -1082,7 +1213,12 @@ impl Proxy {
             Stats::inc(&self.stats.drop_unroutable);
             return;
         };
-        self.relay_response(Local::Public(0), dst, m);
+        let local = match next.transport() {
+            siplb_parser::Transport::Tcp => Local::Connect(Transport::Tcp),
+            siplb_parser::Transport::Tls => Local::Connect(Transport::Tls),
+            _ => Local::Public(0),
+        };
+        self.relay_response(local, dst, m);
     }
 
     /// The current attempt failed with `code` (a reply, or a local 408):
@@ -1110,11 +1246,11 @@ impl Proxy {
                         if let Some(old) = old {
                             table.release(old);
                         }
-                        let dest = table.dest(hold.dest).map(|d| d.addr());
+                        let dest = table.dest(hold.dest).map(|d| (d.addr(), d.config.transport()));
                         if let Some(t) = self.txns.get_mut(k) {
                             t.tried.push(hold.dest);
                             t.attempt = t.attempt.wrapping_add(1);
-                            t.dest = dest.unwrap_or(t.dest);
+                            (t.dest, t.dest_transport) = dest.unwrap_or((t.dest, t.dest_transport));
                             Stats::inc(&self.stats.failovers);
                             tracing::info!(code, from = %failed, to = %t.dest, attempt = t.attempt, "failover");
                         }
@@ -1156,6 +1292,8 @@ impl Proxy {
         let retry_after = self.cfg.failover.retry_after;
         let Some(t) = self.txns.get(k) else { return };
         let (local, dst, dialog, invite) = (t.local, t.src, t.dialog, t.invite);
+        // Timer G: final retransmissions over UDP only.
+        let retransmit = invite && !local.transport().is_stream();
         // A final without the caller's Via (some UAS answer the INVITE
         // with the CANCEL's Vias) is answered locally with its code.
         let relayed = resp.and_then(|m| self.relay_response(local, dst, m));
@@ -1194,7 +1332,7 @@ impl Proxy {
         t.deadline = None;
         t.last_response = out;
         t.server = Server::Completed;
-        if invite {
+        if retransmit {
             t.g_interval = timers.t1;
             t.g_next = Some(now + timers.t1);
         }
@@ -1244,9 +1382,9 @@ impl Proxy {
             };
             t.a_interval = interval;
             t.a_next = Some(now + interval);
-            let (dst, out) = (t.dest, t.out.clone());
+            let (dst, transport, out) = (t.dest, t.dest_transport, t.out.clone());
             Stats::inc(&self.stats.retransmissions);
-            self.send(Local::Internal, dst, out);
+            self.send(Local::outbound(transport), dst, out);
         }
         let Some(t) = self.txns.get_mut(k) else { return };
         if t.g_next.is_some_and(|g| g <= now) {
@@ -1268,8 +1406,8 @@ impl Proxy {
                 if proceeding && t.cancel != Cancel::Sent {
                     if let Ok(sent) = scan_datagram(&t.out) {
                         let c = msg::cancel_for(&sent);
-                        let dst = t.dest;
-                        self.send(Local::Internal, dst, c);
+                        let (dst, transport) = (t.dest, t.dest_transport);
+                        self.send(Local::outbound(transport), dst, c);
                     }
                 }
                 self.failure(now, k, 408, None);
