@@ -570,7 +570,10 @@ impl Worker {
             if send_errors > 0 {
                 self.stats.drop_send.fetch_add(send_errors, Ordering::Relaxed);
             }
-            if streams_ready {
+            // The ring's poll of the streams' epoll descriptor fires on
+            // new readiness; connections still readable after a bounded
+            // round (level-triggered inside) are picked up here.
+            if streams_ready || self.streams.has_more() {
                 self.poll_streams(now);
             }
             self.drain_inbox(now);

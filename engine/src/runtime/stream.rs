@@ -173,6 +173,8 @@ pub struct Streams {
     events: Vec<libc::epoll_event>,
     scratch: Vec<u8>,
     next_sweep: Option<Instant>,
+    /// The last [`Streams::poll`] stopped at a bound with work left.
+    more: bool,
 }
 
 impl Streams {
@@ -209,6 +211,7 @@ impl Streams {
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
             scratch: vec![0u8; READ_CHUNK],
             next_sweep: None,
+            more: false,
         })
     }
 
@@ -218,16 +221,18 @@ impl Streams {
         self.epoll.raw()
     }
 
-    /// True when this worker has no listener and no connection (the
-    /// common UDP-only case: nothing to poll).
-    pub fn is_idle(&self) -> bool {
-        self.listeners.is_empty() && self.conns.iter().all(Option::is_none)
+    /// True when the last [`Streams::poll`] stopped at one of its bounds
+    /// (events, reads per connection) with work possibly left: poll again
+    /// without waiting for a new readiness notification.
+    pub fn has_more(&self) -> bool {
+        self.more
     }
 
     /// Handles what is ready: accepts, reads (whole messages go to `out`),
     /// writes; then runs the timers when due.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Incoming>) {
-        for _ in 0..4 {
+        self.more = false;
+        for round in 0..4 {
             let n = match self.epoll.wait(&mut self.events, Duration::ZERO) {
                 Ok(n) => n,
                 Err(_) => break,
@@ -249,6 +254,9 @@ impl Streams {
             }
             if n < self.events.len() {
                 break;
+            }
+            if round == 3 {
+                self.more = true;
             }
         }
         self.sweep(now);
@@ -606,6 +614,8 @@ impl Streams {
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = self.read_into(now, id, &mut scratch);
         self.scratch = scratch;
+        // What arrived before the peer closed is delivered all the same.
+        self.deliver(now, id, out);
         match result {
             Ok(true) => {}
             Ok(false) => {
@@ -617,7 +627,6 @@ impl Streams {
                 return;
             }
         }
-        self.deliver(now, id, out);
         // TLS may have something to say back (handshake, alerts).
         self.pump_writes(id);
     }
@@ -635,6 +644,7 @@ impl Streams {
             };
         }
         let mut open = true;
+        let mut bounded = true;
         for _ in 0..16 {
             match &mut c.tls {
                 Tls::None => match c.sock.read(scratch) {
@@ -646,10 +656,14 @@ impl Streams {
                         c.rbuf.extend_from_slice(&scratch[..n]);
                         c.last_activity = now;
                         if n < scratch.len() {
+                            bounded = false;
                             break;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        bounded = false;
+                        break;
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => {
                         open = false;
@@ -667,7 +681,10 @@ impl Streams {
                     }
                     match state {
                         TlsRead::Again => {}
-                        TlsRead::Blocked => break,
+                        TlsRead::Blocked => {
+                            bounded = false;
+                            break;
+                        }
                         TlsRead::Closed => {
                             open = false;
                             break;
@@ -685,12 +702,17 @@ impl Streams {
             // More than a message's worth that does not frame: stop
             // reading; framing will reject it.
             if c.rbuf.len() > max + 4 {
+                bounded = false;
                 break;
             }
+        }
+        if !open {
+            bounded = false;
         }
         if !matches!(c.tls, Tls::None) && !c.handshaking() && c.connect_deadline.is_some() && !c.connecting {
             c.connect_deadline = None;
         }
+        self.more |= bounded;
         Ok(open)
     }
 
