@@ -18,6 +18,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -54,14 +55,23 @@ fn port(base: u16) -> u16 {
         .unwrap_or(0)
 }
 
-/// Writes a self-signed certificate for 127.0.0.1 and its key into `dir`.
+/// Writes a test CA (`ca.pem`), a certificate for 127.0.0.1 signed by
+/// it (`cert.pem`, the one siplb and the TLS peers present) and its key
+/// (`key.pem`) into `dir`.
 fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("certificate");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    (cert, key)
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "siplb test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
 }
 
 /// A running siplb: UDP and TCP on `base`, TLS on base+2, internal ports
@@ -79,12 +89,13 @@ impl Siplb {
         let mut cfg = format!(
             "[server]\nlisten = [\"127.0.0.1:{base}\", \"tcp:127.0.0.1:{base}\", \"tls:127.0.0.1:{}\"]\n\
              workers = 2\npin_cores = false\n\
-             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"{io}\"\nlog_level = \"info\"\n\
+             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"{io}\"\nlog_level = \"{}\"\n\
              [admin]\nlisten = \"127.0.0.1:{}\"\n\
              [timers]\nfr_timeout = \"2s\"\nfr_inv_timeout = \"10s\"\n\
              [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{extra}\n",
             base + 2,
             base + 3,
+            std::env::var("SIPLB_TEST_LOG").unwrap_or_else(|_| "info".into()),
             base + 9,
             cert.display(),
             key.display(),
@@ -376,11 +387,18 @@ Call-ID: pieces-1@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Le
 /// (the connection closed); `None` on a read timeout.
 fn read_message(c: &mut TcpStream) -> Option<String> {
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    read_sip(c)
+}
+
+/// Reads one SIP message from a stream, skipping keep-alive line breaks;
+/// an empty string when the stream ended, `None` on an error.
+fn read_sip(c: &mut impl Read) -> Option<String> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         match c.read(&mut byte) {
             Ok(0) => return Some(String::new()),
+            Ok(_) if buf.is_empty() && (byte[0] == b'\r' || byte[0] == b'\n') => {}
             Ok(_) => buf.push(byte[0]),
             Err(_) => return None,
         }
@@ -519,4 +537,298 @@ both_io_raw! {
     message_in_pieces_and_keepalives = 18500;
     framing_errors_close_the_connection = 18600;
     many_silent_connections = 18700;
+}
+
+// ---- TLS with a rustls user agent -------------------------------------------
+
+type TlsClient = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn pem_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn pem_key(path: &Path) -> rustls::pki_types::PrivateKeyDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path).unwrap()
+}
+
+/// A TLS connection to siplb that verifies its certificate against the
+/// test CA; with `client_cert`, presents the test certificate.
+fn tls_connect(dir: &Path, port: u16, client_cert: bool) -> TlsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in pem_certs(&dir.join("ca.pem")) {
+        roots.add(c).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = if client_cert {
+        b.with_client_auth_cert(pem_certs(&dir.join("cert.pem")), pem_key(&dir.join("key.pem")))
+            .unwrap()
+    } else {
+        b.with_no_client_auth()
+    };
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// The values of every `name:` header line of a message, in order.
+fn header_values(msg: &str, name: &str) -> Vec<String> {
+    msg.lines()
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+        .flat_map(|v| {
+            // Split "<a>, <b>" into values.
+            v.split(">,")
+                .map(|p| p.trim().trim_end_matches('>').to_string() + ">")
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn tag_of(msg: &str, header: &str) -> String {
+    header_values(msg, header)
+        .first()
+        .and_then(|v| v.split(";tag=").nth(1).map(|t| t.trim_end_matches('>').to_string()))
+        .unwrap_or_default()
+}
+
+/// One call over TLS: INVITE, 200 (its Record-Route kept), ACK and BYE
+/// through the recorded routes. Returns the Record-Route values of the 200.
+fn tls_call(c: &mut TlsClient, target: u16, n: u32) -> Vec<String> {
+    let local = c.sock.local_addr().unwrap();
+    let call_id = format!("tls-call-{n}@127.0.0.1");
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
+    let common = |method: &str, uri: &str, branch: &str, cseq: u32, to_tag: &str, routes: &[String]| {
+        let mut m = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK-{branch};rport\r\n\
+             From: <sip:alice@127.0.0.1>;tag=a{n}\r\nTo: <sip:1234@127.0.0.1>{to_tag}\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n\
+             Contact: <sip:alice@{local};transport=tls>\r\n"
+        );
+        for r in routes {
+            m.push_str(&format!("Route: {r}\r\n"));
+        }
+        m
+    };
+    let invite = common(
+        "INVITE",
+        &format!("sip:1234@127.0.0.1:{target}"),
+        &format!("inv{n}"),
+        1,
+        "",
+        &[],
+    ) + &format!(
+        "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    c.write_all(invite.as_bytes()).unwrap();
+    let ok = loop {
+        let r = read_sip(c).expect("a response to the INVITE");
+        assert!(r.starts_with("SIP/2.0 1") || r.starts_with("SIP/2.0 200 "), "{r}");
+        if r.starts_with("SIP/2.0 200 ") {
+            break r;
+        }
+    };
+    let rr = header_values(&ok, "Record-Route");
+    let routes: Vec<String> = rr.iter().rev().cloned().collect();
+    let contact = header_values(&ok, "Contact")[0].clone();
+    let target_uri = contact.trim_start_matches('<').trim_end_matches('>').to_string();
+    let to_tag = format!(";tag={}", tag_of(&ok, "To"));
+    let ack = common("ACK", &target_uri, &format!("ack{n}"), 1, &to_tag, &routes) + "Content-Length: 0\r\n\r\n";
+    c.write_all(ack.as_bytes()).unwrap();
+    let bye = common("BYE", &target_uri, &format!("bye{n}"), 2, &to_tag, &routes) + "Content-Length: 0\r\n\r\n";
+    c.write_all(bye.as_bytes()).unwrap();
+    let r = read_sip(c).expect("a response to the BYE");
+    assert!(r.starts_with("SIP/2.0 200 ") && r.contains("CSeq: 2 BYE"), "{r}");
+    rr
+}
+
+fn tls_caller_udp_backend(io: &str, base: u16) {
+    let name = "tls-udp";
+    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11)], "");
+    let a = uas(name, "uas.xml", base + 11, "u1");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = tls_connect(&lb.dir, base + 2, false);
+    for n in 0..3 {
+        let rr = tls_call(&mut c, base + 2, n);
+        // RFC 5658: the backend's side (UDP) on top, the caller's (TLS) below.
+        assert_eq!(rr.len(), 2, "{rr:?}");
+        assert!(rr[0].starts_with(&format!("<sip:127.0.0.1:{base};lr;did=")), "{rr:?}");
+        assert!(
+            rr[1].starts_with(&format!("<sip:127.0.0.1:{};transport=tls;lr;did=", base + 2)),
+            "{rr:?}"
+        );
+    }
+    assert_eq!(lb.stat("dialog:processed_dialogs"), 3);
+    assert_eq!(lb.stat("dialog:failed_dialogs"), 0);
+    drop(c);
+    drop(a);
+    lb.assert_idle();
+}
+
+/// A TLS backend answering calls on `listener` (INVITE: 180 and 200 with
+/// Record-Route echoed; BYE: 200) until `calls` BYEs were answered.
+fn tls_uas(dir: &Path, listener: std::net::TcpListener, calls: usize) -> std::thread::JoinHandle<usize> {
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(pem_certs(&dir.join("cert.pem")), pem_key(&dir.join("key.pem")))
+        .unwrap();
+    let cfg = Arc::new(cfg);
+    std::thread::spawn(move || {
+        let me = listener.local_addr().unwrap();
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut s = rustls::StreamOwned::new(rustls::ServerConnection::new(cfg).unwrap(), sock);
+        let mut byes = 0;
+        while byes < calls {
+            let Some(m) = read_sip(&mut s) else { break };
+            if m.is_empty() {
+                break;
+            }
+            let method = m.split(' ').next().unwrap_or_default().to_string();
+            let pick = |name: &str| {
+                m.lines()
+                    .filter(|l| l.split(':').next().is_some_and(|n| n.trim().eq_ignore_ascii_case(name)))
+                    .map(|l| format!("{l}\r\n"))
+                    .collect::<String>()
+            };
+            let (vias, from, to, cid, cseq, rr) = (
+                pick("Via"),
+                pick("From"),
+                pick("To"),
+                pick("Call-ID"),
+                pick("CSeq"),
+                pick("Record-Route"),
+            );
+            let to = to.trim_end().to_string();
+            let reply = |code: &str, tag: bool, rr: &str| {
+                let to = if tag {
+                    format!("{to};tag=uas\r\n")
+                } else {
+                    format!("{to}\r\n")
+                };
+                format!(
+                    "SIP/2.0 {code}\r\n{vias}{from}{to}{cid}{cseq}{rr}\
+                     Contact: <sip:uas@{me};transport=tls>\r\nContent-Length: 0\r\n\r\n"
+                )
+            };
+            match method.as_str() {
+                "INVITE" => {
+                    let out = reply("180 Ringing", true, &rr) + &reply("200 OK", true, &rr);
+                    s.write_all(out.as_bytes()).unwrap();
+                }
+                "BYE" => {
+                    s.write_all(reply("200 OK", false, "").as_bytes()).unwrap();
+                    byes += 1;
+                }
+                _ => {}
+            }
+        }
+        byes
+    })
+}
+
+fn udp_caller_tls_backend(io: &str, base: u16) {
+    let name = "udp-tls";
+    let listener = std::net::TcpListener::bind(("127.0.0.1", base + 11)).unwrap();
+    let lb = Siplb::start(
+        io,
+        name,
+        base,
+        &[format!("sip:127.0.0.1:{};transport=tls", base + 11)],
+        "",
+    );
+    let backend = tls_uas(&lb.dir, listener, 3);
+    let ok = uac(name, base, base + 15, "u1", &["-m", "3", "-r", "10", "-d", "100"]);
+    let answered = backend.join().unwrap();
+    assert!(ok, "UDP calls to a TLS backend failed ({answered} BYEs answered)");
+    assert_eq!(answered, 3);
+    assert_eq!(lb.stat("dialog:processed_dialogs"), 3);
+    assert_eq!(lb.stat("siplb:tcp_connected"), 1);
+    lb.assert_idle();
+}
+
+fn tls_client_certificates(io: &str, base: u16) {
+    let name = "tls-client-cert";
+    let dir = workdir(name);
+    let ca = dir.join("ca.pem");
+    let lb = Siplb::start(
+        io,
+        name,
+        base,
+        &[udp_dest(base + 11)],
+        &format!("client_ca = \"{}\"\nrequire_client_certificate = true\n", ca.display()),
+    );
+    // Without a certificate: refused in the handshake.
+    let mut c = tls_connect(&lb.dir, base + 2, false);
+    let _ = c.write_all(OPTIONS.as_bytes());
+    let got = read_sip(&mut c);
+    assert!(got.as_ref().map_or(true, |m| m.is_empty()), "{got:?}");
+    lb.wait_stat("siplb:tls_handshake_failed", 1);
+    // With one signed by the CA: served.
+    let mut c = tls_connect(&lb.dir, base + 2, true);
+    c.write_all(OPTIONS.as_bytes()).unwrap();
+    let reply = read_sip(&mut c).expect("a reply");
+    assert!(reply.starts_with("SIP/2.0 200 "), "{reply}");
+    drop(c);
+    lb.assert_idle();
+}
+
+mod tls_epoll {
+    #[test]
+    fn tls_caller_udp_backend() {
+        if super::sipp_available() {
+            super::tls_caller_udp_backend("epoll", super::port(18300));
+        }
+    }
+
+    #[test]
+    fn udp_caller_tls_backend() {
+        if super::sipp_available() {
+            super::udp_caller_tls_backend("epoll", super::port(18400));
+        }
+    }
+
+    #[test]
+    fn tls_client_certificates() {
+        super::tls_client_certificates("epoll", super::port(18800));
+    }
+}
+
+mod tls_io_uring {
+    #[test]
+    fn tls_caller_udp_backend() {
+        if super::sipp_available() {
+            super::tls_caller_udp_backend("io_uring", super::port(18350));
+        }
+    }
+
+    #[test]
+    fn udp_caller_tls_backend() {
+        if super::sipp_available() {
+            super::udp_caller_tls_backend("io_uring", super::port(18450));
+        }
+    }
+
+    #[test]
+    fn tls_client_certificates() {
+        super::tls_client_certificates("io_uring", super::port(18850));
+    }
 }
