@@ -512,6 +512,57 @@ fn many_silent_connections(io: &str, base: u16) {
     lb.assert_idle();
 }
 
+/// RFC 3261 §18.2.2: the caller's connection closes right after its
+/// INVITE; siplb sends the responses on a new connection to the Via's
+/// sent-by port, and the call goes on over that one.
+fn responses_follow_the_via_when_the_connection_is_gone(io: &str, base: u16) {
+    let name = "fallback";
+    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11)], "");
+    let _a = uas(name, "uas.xml", base + 11, "u1");
+    std::thread::sleep(Duration::from_millis(200));
+    let me = std::net::TcpListener::bind(("127.0.0.1", base + 16)).unwrap();
+    let sent_by = format!("127.0.0.1:{}", base + 16);
+    let msg = |method: &str, uri: &str, branch: &str, cseq: u32, to_tag: &str, routes: &[String]| {
+        let mut m = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TCP {sent_by};branch=z9hG4bK-{branch};rport\r\n\
+             From: <sip:alice@127.0.0.1>;tag=fb\r\nTo: <sip:1234@127.0.0.1>{to_tag}\r\n\
+             Call-ID: fallback-1@127.0.0.1\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n\
+             Contact: <sip:alice@{sent_by};transport=tcp>\r\n"
+        );
+        for r in routes {
+            m.push_str(&format!("Route: {r}\r\n"));
+        }
+        m + "Content-Length: 0\r\n\r\n"
+    };
+    let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
+    c.write_all(msg("INVITE", &format!("sip:1234@127.0.0.1:{base}"), "fb1", 1, "", &[]).as_bytes())
+        .unwrap();
+    drop(c);
+    let (mut back, _) = me.accept().unwrap();
+    back.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ok = loop {
+        let r = read_sip(&mut back).expect("responses on the new connection");
+        assert!(r.starts_with("SIP/2.0 "), "{r}");
+        if r.starts_with("SIP/2.0 200 ") {
+            break r;
+        }
+    };
+    let routes: Vec<String> = header_values(&ok, "Record-Route").into_iter().rev().collect();
+    let contact = header_values(&ok, "Contact")[0].clone();
+    let target = contact.trim_start_matches('<').trim_end_matches('>').to_string();
+    let to_tag = format!(";tag={}", tag_of(&ok, "To"));
+    back.write_all(msg("ACK", &target, "fb2", 1, &to_tag, &routes).as_bytes())
+        .unwrap();
+    back.write_all(msg("BYE", &target, "fb3", 2, &to_tag, &routes).as_bytes())
+        .unwrap();
+    let r = read_sip(&mut back).expect("a response to the BYE");
+    assert!(r.starts_with("SIP/2.0 200 ") && r.contains("BYE"), "{r}");
+    assert!(lb.stat("siplb:tcp_send_fallbacks") >= 1);
+    assert_eq!(lb.stat("dialog:processed_dialogs"), 1);
+    drop(back);
+    lb.assert_idle();
+}
+
 macro_rules! both_io_raw {
     ($($name:ident = $base:expr;)*) => {
         mod raw_epoll {
@@ -531,6 +582,22 @@ macro_rules! both_io_raw {
             )*
         }
     };
+}
+
+mod fallback {
+    #[test]
+    fn epoll() {
+        if super::sipp_available() {
+            super::responses_follow_the_via_when_the_connection_is_gone("epoll", super::port(18900));
+        }
+    }
+
+    #[test]
+    fn io_uring() {
+        if super::sipp_available() {
+            super::responses_follow_the_via_when_the_connection_is_gone("io_uring", super::port(18940));
+        }
+    }
 }
 
 both_io_raw! {
