@@ -345,6 +345,34 @@ fn tcp_per_call_both_sides(io: &str, base: u16) {
     lb.assert_idle();
 }
 
+fn callee_hangs_up_towards_a_tcp_caller(io: &str, base: u16) {
+    let name = "tcp-callee-bye";
+    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11)], "");
+    let a = uas(name, "uas_bye.xml", base + 11, "u1");
+    std::thread::sleep(Duration::from_millis(200));
+    let dir = workdir(name);
+    let st = Command::new("sipp")
+        .current_dir(&dir)
+        .arg("-sf")
+        .arg(scenarios().join("uac_callee_bye.xml"))
+        .arg(format!("127.0.0.1:{base}"))
+        .args(["-i", "127.0.0.1", "-p", &(base + 15).to_string(), "-t", "t1"])
+        .args(["-s", "1234", "-m", "3", "-r", "5", "-l", "2", "-nostdin", "-trace_err"])
+        .args(["-timeout", "30", "-timeout_error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run sipp uac");
+    assert!(
+        st.success(),
+        "calls ended by the UDP callee towards a TCP caller failed; see {}",
+        dir.display()
+    );
+    assert_eq!(lb.stat("dialog:processed_dialogs"), 3);
+    drop(a);
+    lb.assert_idle();
+}
+
 macro_rules! both_io {
     ($($name:ident = $base:expr;)*) => {
         mod epoll {
@@ -374,6 +402,7 @@ both_io! {
     tcp_caller_udp_backends = 18000;
     udp_caller_tcp_backends = 18100;
     tcp_per_call_both_sides = 18200;
+    callee_hangs_up_towards_a_tcp_caller = 18420;
 }
 
 // ---- raw sockets -----------------------------------------------------------
@@ -595,7 +624,7 @@ mod fallback {
     #[test]
     fn io_uring() {
         if super::sipp_available() {
-            super::responses_follow_the_via_when_the_connection_is_gone("io_uring", super::port(18940));
+            super::responses_follow_the_via_when_the_connection_is_gone("io_uring", super::port(18920));
         }
     }
 }
