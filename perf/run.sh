@@ -44,6 +44,10 @@ usage: perf/run.sh [--quick] [--reps N] [--only LIST] [--write | --no-write]
   --no-build    use the binaries already in the target dir
   --commit REV  build REV from a clean `git archive` export instead of the
                 working tree (measures exactly that commit)
+  --transport T udp (default) or tcp: with tcp, the SIPp part only (sipload
+                speaks UDP), SIPp caller and backends over TCP (-t t1), siplb
+                listening on TCP with `;transport=tcp` destinations, no
+                Kamailio
 
 Environment: CARGO_TARGET_DIR (default: ./target); PERF_RATES (fixed offered
 rates, default "2000 5000"); PERF_MAX_SECONDS (hard bound on the whole run).
@@ -57,6 +61,8 @@ QUICK=0
 REPS=
 WRITE=
 ONLY=floor,direct,sipload,sipp,overload,profile
+ONLY_SET=0
+TRANSPORT=udp
 KAMAILIO=1
 BUILD=1
 OUT=
@@ -65,7 +71,8 @@ while [ $# -gt 0 ]; do
     case $1 in
     --quick) QUICK=1 ;;
     --reps) REPS=$2; shift ;;
-    --only) ONLY=$2; shift ;;
+    --only) ONLY=$2; ONLY_SET=1; shift ;;
+    --transport) TRANSPORT=$2; shift ;;
     --no-kamailio) KAMAILIO=0 ;;
     --write) WRITE=1 ;;
     --no-write) WRITE=0 ;;
@@ -77,6 +84,19 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+
+case $TRANSPORT in
+udp) SIPP_T=(-t u1) ;;
+tcp)
+    # sipload, the floor and Kamailio's set-up are UDP: measure SIPp only
+    [ "$ONLY_SET" = 1 ] && [ "$ONLY" != sipp ] && {
+        echo "perf/run.sh: --transport tcp measures the sipp part only" >&2
+        exit 2
+    }
+    ONLY=sipp KAMAILIO=0 SIPP_T=(-t t1)
+    ;;
+*) echo "perf/run.sh: --transport is udp or tcp" >&2; exit 2 ;;
+esac
 
 if [ "$QUICK" = 1 ]; then
     : "${REPS:=1}" "${WRITE:=0}"
@@ -365,7 +385,7 @@ start_uas_sipload() {
 start_uas_sipp() {
     local p
     for p in "${UAS_PORTS[@]}"; do
-        start "$WORK/sipp-uas-$p.log" sipp -sf "$PERF/sipp/uas.xml" -i "$IP" -p "$p" \
+        start "$WORK/sipp-uas-$p.log" sipp -sf "$PERF/sipp/uas.xml" -i "$IP" -p "$p" "${SIPP_T[@]}" \
             -nostdin -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000
     done
     for p in "${UAS_PORTS[@]}"; do wait_port "$p"; done
@@ -378,7 +398,12 @@ start_target() { # NAME [CAPACITY]: siplb-1w, siplb-2w, kamailio-1c, kamailio-2c
     siplb-*)
         local w=${name#siplb-}
         w=${w%w}
-        sed -e "s/^workers = .*/workers = $w/" -e "s/pstn=[0-9]*/pstn=$cap/" \
+        local tcp=()
+        if [ "$TRANSPORT" = tcp ]; then
+            tcp=(-e "s/^listen = \\[.*/listen = [\"$IP:$PROXY_PORT\", \"tcp:$IP:$PROXY_PORT\"]/"
+                -e 's/^\(uri = "sip:[0-9.:]*\)"/\1;transport=tcp"/')
+        fi
+        sed -e "s/^workers = .*/workers = $w/" -e "s/pstn=[0-9]*/pstn=$cap/" "${tcp[@]}" \
             "$PERF/siplb.toml" >"$WORK/siplb-$name.toml"
         start "$WORK/$name.log" "$BIN/siplb" --config "$WORK/siplb-$name.toml"
         ;;
@@ -428,7 +453,7 @@ sipp_step() { # TARGET REP RATE
     local f=$WORK/sipp-$1-$2-$3 calls=$(($3 * SIPP_SECS)) port=$PROXY_PORT
     [ "$1" = direct ] && port=$DIRECT_PORT
     fg env -C "$WORK" timeout -k 3 $((SIPP_SECS + 30)) sipp -sf "$PERF/sipp/uac.xml" -s $SERVICE "$IP:$port" \
-        -i "$IP" -p $UAC_PORT -m "$calls" -r "$3" -d 0 -nostdin -recv_timeout 5000 \
+        -i "$IP" -p $UAC_PORT "${SIPP_T[@]}" -m "$calls" -r "$3" -d 0 -nostdin -recv_timeout 5000 \
         -timeout $((SIPP_SECS + 25))s -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000 \
         -trace_stat -stf "$f.csv" -fd 1 >"$f.out" 2>"$f.err" || true
     record sipp-step --target "$1" --rep "$2" --rate "$3" --secs $SIPP_SECS --file "$f.csv"
@@ -517,7 +542,7 @@ for rep in $(seq "$REPS"); do
         if [ "$rep" = 1 ]; then
             log "rep $rep: SIPp uac -> SIPp uas, no proxy (what SIPp itself sustains here)"
             start "$WORK/sipp-uas-direct.log" sipp -sf "$PERF/sipp/uas.xml" -i "$IP" -p $DIRECT_PORT \
-                -nostdin -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000
+                "${SIPP_T[@]}" -nostdin -buff_size 4194304 -max_recv_loops 10000 -max_sched_loops 10000
             wait_port $DIRECT_PORT
             sipp_ramp direct "$rep"
             stop

@@ -70,6 +70,12 @@ pub struct File {
     /// `[probing]`: health probes (OPTIONS) to the destinations.
     #[serde(default)]
     pub probing: ProbingFile,
+    /// `[tcp]`: stream connections (TCP and TLS).
+    #[serde(default)]
+    pub tcp: TcpFile,
+    /// `[tls]`: certificate, key and client verification for TLS.
+    #[serde(default)]
+    pub tls: Option<TlsFile>,
     /// `[[destinations]]`: the backends.
     #[serde(default)]
     pub destinations: Vec<DestinationFile>,
@@ -88,7 +94,8 @@ pub struct File {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
-    /// Public UDP addresses (`"127.0.0.1:5060"`).
+    /// Public addresses: `"127.0.0.1:5060"` or `"udp:127.0.0.1:5060"`
+    /// (UDP), `"tcp:127.0.0.1:5060"`, `"tls:127.0.0.1:5061"`.
     #[serde(default = "default_listen")]
     pub listen: Vec<Spanned<String>>,
     /// Worker threads; 0 or absent: one per core.
@@ -285,6 +292,56 @@ impl Default for LimitsFile {
     fn default() -> Self {
         toml::from_str("").expect("defaults")
     }
+}
+
+/// `[tcp]`: limits and timers of stream connections (TCP and TLS).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpFile {
+    /// Most open connections (inbound and outbound) in the process.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most inbound connections from one IP address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// A connection with no traffic for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Spanned<String>,
+    /// Time allowed to send one complete message once its first byte
+    /// arrived (slower senders are cut off).
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout: Spanned<String>,
+    /// Time allowed to connect to a backend (TLS handshake included).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Spanned<String>,
+}
+
+impl Default for TcpFile {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// `[tls]`: files are PEM; relative paths are taken from the working
+/// directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Certificate chain presented to clients (and to backends that ask).
+    pub certificate: String,
+    /// Its private key.
+    pub private_key: String,
+    /// CA certificates for client certificates; with it, clients are
+    /// asked for a certificate.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// Refuse clients without a valid certificate (needs `client_ca`).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+    /// CA certificates that backends' certificates must chain to; without
+    /// it, backend certificates are not verified.
+    #[serde(default)]
+    pub backend_ca: Option<String>,
 }
 
 /// `[[destinations]]`
@@ -498,6 +555,21 @@ fn default_ownership() -> Spanned<String> {
 fn default_socket_buffer() -> usize {
     4 << 20
 }
+fn default_max_connections() -> usize {
+    16_384
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+fn default_idle_timeout() -> Spanned<String> {
+    dur("120s")
+}
+fn default_message_timeout() -> Spanned<String> {
+    dur("10s")
+}
+fn default_connect_timeout() -> Spanned<String> {
+    dur("5s")
+}
 fn default_admin() -> Spanned<String> {
     Spanned::new(0..0, "127.0.0.1:8888".into())
 }
@@ -554,8 +626,12 @@ fn default_handoff() -> usize {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Public listen addresses.
+    /// Public UDP listen addresses.
     pub listen: Vec<SocketAddr>,
+    /// Public TCP listen addresses.
+    pub listen_tcp: Vec<SocketAddr>,
+    /// Public TLS listen addresses.
+    pub listen_tls: Vec<SocketAddr>,
     /// Worker threads (resolved: never 0).
     pub workers: usize,
     /// Pin workers to cores.
@@ -586,6 +662,10 @@ pub struct Config {
     pub failover: Failover,
     /// Limits.
     pub limits: Limits,
+    /// Stream connections.
+    pub tcp: Tcp,
+    /// TLS files, when configured.
+    pub tls: Option<Tls>,
     /// Destinations, in table order.
     pub destinations: Vec<Destination>,
     /// Resource names, indexed by resource id (bit in a [`ResourceSet`]).
@@ -739,6 +819,48 @@ impl Default for Limits {
     }
 }
 
+/// Stream connection limits and timers.
+#[derive(Debug, Clone, Copy)]
+pub struct Tcp {
+    /// Most open connections in the process.
+    pub max_connections: usize,
+    /// Most inbound connections from one IP.
+    pub max_connections_per_ip: usize,
+    /// Idle connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Time to send one complete message.
+    pub message_timeout: Duration,
+    /// Time to connect to a backend.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp {
+            max_connections: 16_384,
+            max_connections_per_ip: 256,
+            idle_timeout: Duration::from_secs(120),
+            message_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// TLS files (PEM), loaded by the runtime at start.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Certificate chain.
+    pub certificate: std::path::PathBuf,
+    /// Private key.
+    pub private_key: std::path::PathBuf,
+    /// CA for client certificates (asks clients for one).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// Refuse clients without a valid certificate.
+    pub require_client_certificate: bool,
+    /// CA for backends' certificates (unverified without).
+    pub backend_ca: Option<std::path::PathBuf>,
+}
+
 /// Largest dispatcher weight accepted.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
@@ -771,6 +893,13 @@ pub struct Destination {
     pub probing_threshold: Option<u32>,
     /// Accepted probes in a row to come back (`None`: `probing.recovery_threshold`).
     pub probing_recovery_threshold: Option<u32>,
+}
+
+impl Destination {
+    /// The transport its URI names (`sips:`, `;transport=`), UDP by default.
+    pub fn transport(&self) -> crate::core::Transport {
+        crate::core::Transport::of_uri_bytes(self.uri.as_bytes())
+    }
 }
 
 /// A routing rule.
@@ -815,6 +944,8 @@ pub enum Action {
     Relay {
         /// Where.
         addr: SocketAddr,
+        /// Over which transport (from the URI).
+        transport: crate::core::Transport,
         /// Resources counted on the source destination for the call's
         /// lifetime (empty: none).
         count: ResourceSet,
@@ -961,7 +1092,8 @@ pub fn uri_addr(uri: &str) -> Option<SocketAddr> {
     let host = std::str::from_utf8(u.host).ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = host.parse().ok()?;
-    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+    let default = crate::core::Transport::of_uri(&u).unwrap_or_default().default_port();
+    Some(SocketAddr::new(ip, u.port.unwrap_or(default)))
 }
 
 /// Standard reason phrase for a code.
@@ -1124,17 +1256,30 @@ impl Validator<'_> {
 
     fn build(&self, file: File) -> Result<Config, ConfigError> {
         let s = &file.server;
-        let mut listen = Vec::new();
+        let (mut listen, mut listen_tcp, mut listen_tls) = (Vec::new(), Vec::new(), Vec::new());
+        let mut first = None;
         for l in &s.listen {
-            let a: SocketAddr = l
-                .get_ref()
-                .parse()
-                .map_err(|_| self.err(l.span(), format!("listen: {:?} is not an IP:port address", l.get_ref())))?;
-            listen.push(a);
+            let text = l.get_ref().as_str();
+            let (list, rest) = match text.split_once(':') {
+                Some(("udp", rest)) => (&mut listen, rest),
+                Some(("tcp", rest)) => (&mut listen_tcp, rest),
+                Some(("tls", rest)) => (&mut listen_tls, rest),
+                _ => (&mut listen, text),
+            };
+            let a: SocketAddr = rest.parse().map_err(|_| {
+                self.err(
+                    l.span(),
+                    format!("listen: {text:?} is not an IP:port address (optionally prefixed udp:, tcp: or tls:)"),
+                )
+            })?;
+            if list.contains(&a) {
+                return Err(self.err(l.span(), format!("listen: {text:?} is listed twice")));
+            }
+            list.push(a);
+            first.get_or_insert(a);
         }
-        let first = *listen
-            .first()
-            .ok_or_else(|| ConfigError::Invalid("server.listen: at least one address is needed".into()))?;
+        let first =
+            first.ok_or_else(|| ConfigError::Invalid("server.listen: at least one address is needed".into()))?;
         let internal_ip = match &s.internal_address {
             Some(a) => a.get_ref().parse().map_err(|_| {
                 self.err(
@@ -1335,6 +1480,34 @@ impl Validator<'_> {
             handoff_queue: l.handoff_queue.max(16),
         };
 
+        let t = &file.tcp;
+        let tcp = Tcp {
+            max_connections: t.max_connections.max(1),
+            max_connections_per_ip: t.max_connections_per_ip.max(1),
+            idle_timeout: self.duration(&t.idle_timeout, "tcp.idle_timeout")?,
+            message_timeout: self.duration(&t.message_timeout, "tcp.message_timeout")?,
+            connect_timeout: self.duration(&t.connect_timeout, "tcp.connect_timeout")?,
+        };
+        let tls = file.tls.as_ref().map(|t| Tls {
+            certificate: t.certificate.clone().into(),
+            private_key: t.private_key.clone().into(),
+            client_ca: t.client_ca.clone().map(Into::into),
+            require_client_certificate: t.require_client_certificate,
+            backend_ca: t.backend_ca.clone().map(Into::into),
+        });
+        if let Some(t) = &tls {
+            if t.require_client_certificate && t.client_ca.is_none() {
+                return Err(ConfigError::Invalid(
+                    "tls.require_client_certificate needs tls.client_ca".into(),
+                ));
+            }
+        }
+        if !listen_tls.is_empty() && tls.is_none() {
+            return Err(ConfigError::Invalid(
+                "a tls: listen address needs a [tls] section (certificate, private_key)".into(),
+            ));
+        }
+
         let mut resource_names: Vec<String> = self.seed.to_vec();
         let mut destinations = Vec::new();
         for d in &file.destinations {
@@ -1496,7 +1669,8 @@ impl Validator<'_> {
                         count = count.with(rid);
                     }
                 }
-                Action::Relay { addr, count }
+                let transport = crate::core::Transport::of_uri_bytes(relay.uri.get_ref().as_bytes());
+                Action::Relay { addr, transport, count }
             } else if let Some(reply) = &r.reply {
                 let code = *reply.code.get_ref();
                 if !(200..700).contains(&code) {
@@ -1521,6 +1695,8 @@ impl Validator<'_> {
 
         Ok(Config {
             listen,
+            listen_tcp,
+            listen_tls,
             workers,
             pin_cores: s.pin_cores,
             internal_ip,
@@ -1536,6 +1712,8 @@ impl Validator<'_> {
             timers,
             failover,
             limits,
+            tcp,
+            tls,
             destinations,
             resource_names,
             rules,
@@ -1805,5 +1983,32 @@ mod tests {
             .contains("1.2.3.4".parse().unwrap()));
         assert!(Network::parse("10.0.0.0/33").is_none());
         assert!(Network::parse("::1").unwrap().contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn listen_transports_and_tls() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.listen_tcp, vec!["127.0.0.1:5060".parse().unwrap()]);
+        assert!(c.listen_tls.is_empty() && c.tls.is_none());
+        let c = Config::parse(
+            "[server]\nlisten = [\"udp:127.0.0.1:5060\", \"tcp:127.0.0.1:5060\", \"tls:127.0.0.1:5061\"]\n\
+             [tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n\
+             [tcp]\nidle_timeout = \"30s\"\nmax_connections_per_ip = 4\n\
+             [[destinations]]\nid = 1\ngroup = 1\nuri = \"sips:127.0.0.1\"\nresources = \"pstn=1\"\n\
+             [[destinations]]\nid = 2\ngroup = 1\nuri = \"sip:127.0.0.1:5090;transport=tcp\"\nresources = \"pstn=1\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:5060".parse().unwrap()]);
+        assert_eq!(c.listen_tls, vec!["127.0.0.1:5061".parse().unwrap()]);
+        assert_eq!(c.tcp.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.tcp.max_connections_per_ip, 4);
+        assert_eq!(c.destinations[0].addr, "127.0.0.1:5061".parse().unwrap());
+        assert_eq!(c.destinations[0].transport(), crate::core::Transport::Tls);
+        assert_eq!(c.destinations[1].transport(), crate::core::Transport::Tcp);
+        // TLS listening needs the files.
+        let e = Config::parse("[server]\nlisten = [\"tls:127.0.0.1:5061\"]\n").unwrap_err();
+        assert!(e.to_string().contains("[tls]"), "{e}");
+        let (line, _) = line_err("[server]\nlisten = [\"sctp:127.0.0.1:5061\"]\n");
+        assert_eq!(line, 2);
     }
 }

@@ -73,6 +73,19 @@ fn family_of(stat: &str) -> Option<(&'static str, Option<(&'static str, &'static
         "no_destination" => ("siplb_refused_total", reason("no_destination")),
         "table_full" => ("siplb_refused_total", reason("table_full")),
         "handoffs" => ("siplb_handoffs_total", None),
+        "tcp_connections" => ("siplb_connections", None),
+        "tcp_accepted" => ("siplb_connections_opened_total", Some(("direction", "inbound"))),
+        "tcp_connected" => ("siplb_connections_opened_total", Some(("direction", "outbound"))),
+        "tcp_refused_total_limit" => ("siplb_connections_refused_total", reason("total_limit")),
+        "tcp_refused_per_ip_limit" => ("siplb_connections_refused_total", reason("per_ip_limit")),
+        "tcp_connect_failed" => ("siplb_connections_failed_total", reason("connect")),
+        "tls_handshake_failed" => ("siplb_connections_failed_total", reason("tls_handshake")),
+        "tcp_idle_closed" => ("siplb_connections_closed_total", reason("idle")),
+        "tcp_slow_closed" => ("siplb_connections_closed_total", reason("slow_sender")),
+        "tcp_framing_errors" => ("siplb_connections_closed_total", reason("framing")),
+        "tcp_keepalive_pings" => ("siplb_keepalive_pings_total", None),
+        "tcp_send_fallbacks" => ("siplb_connection_fallbacks_total", None),
+        "tcp_drop_send" => ("siplb_dropped_total", reason("no_connection")),
         _ => return None,
     })
 }
@@ -151,6 +164,41 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
         "siplb_handoffs_total",
         Kind::Counter,
         "Datagrams passed to their owner worker.",
+    ),
+    (
+        "siplb_connections",
+        Kind::Gauge,
+        "TCP and TLS connections open now (inbound and outbound).",
+    ),
+    (
+        "siplb_connections_opened_total",
+        Kind::Counter,
+        "TCP and TLS connections accepted (inbound) or opened (outbound).",
+    ),
+    (
+        "siplb_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at once over a limit (total_limit, per_ip_limit).",
+    ),
+    (
+        "siplb_connections_failed_total",
+        Kind::Counter,
+        "Connections that failed to come up (connect, tls_handshake).",
+    ),
+    (
+        "siplb_connections_closed_total",
+        Kind::Counter,
+        "Connections siplb closed, by reason (idle, slow_sender, framing).",
+    ),
+    (
+        "siplb_keepalive_pings_total",
+        Kind::Counter,
+        "RFC 5626 keep-alive pings answered.",
+    ),
+    (
+        "siplb_connection_fallbacks_total",
+        Kind::Counter,
+        "Messages whose connection had closed (responses resent per RFC 3261 18.2.2).",
     ),
     (
         "siplb_destination_up",
@@ -240,11 +288,7 @@ pub fn render(table: &Table, stats: &[std::sync::Arc<Stats>], started: Instant) 
             };
             let mut l = vec![("worker", worker.as_str())];
             l.extend(extra);
-            let kind = if family == "siplb_dialogs" {
-                Kind::Gauge
-            } else {
-                Kind::Counter
-            };
+            let kind = FAMILIES.iter().find(|f| f.0 == family).map_or(Kind::Counter, |f| f.1);
             push(&family, kind, format!("{family}{} {v}", labels(&l)));
         }
     }

@@ -77,6 +77,22 @@
 //! cancelled lazily: a fired entry whose transaction or dialog moved on is
 //! ignored.
 //!
+//! # Transports
+//! A message arrives on a UDP socket or on a stream connection
+//! ([`Local::Conn`], named by the runtime with a [`ConnId`]); the runtime
+//! frames streams and passes one whole message at a time. Replies and
+//! relayed responses go back on the [`Local`] the request came on. Requests
+//! go to a destination over the transport its URI names ([`Local::Connect`]:
+//! the runtime reuses a connection to that address or opens one). On a
+//! stream siplb's Via says `TCP`/`TLS` with `;alias` (RFC 5923) and no
+//! retransmission timers run (Timers A, E and G are for UDP only); Timers
+//! B/F (`fr_timeout`, `fr_inv_timeout`) still do. When the two sides of a
+//! call use different transports, siplb records two routes (RFC 5658): the
+//! top one names its address for the destination's side, the second its
+//! address for the caller's side, each with its `;transport=`; an in-dialog
+//! request that carries both loses both, and goes out over the transport of
+//! the second (unless the next URI names one).
+//!
 //! # Contract
 //! No input panics the core. Every datagram is relayed, answered, absorbed
 //! or dropped and counted in [`Stats`].
@@ -88,6 +104,7 @@ pub mod replica;
 pub mod slab;
 pub mod stats;
 pub mod timer;
+pub mod transport;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -106,6 +123,7 @@ use replica::{Adopted, Confirmed, DialogEvent};
 use slab::{Key, Slab};
 pub use stats::Stats;
 use timer::TimerWheel;
+pub use transport::{ConnId, Transport};
 
 /// Granularity of the timer wheel: timers fire at most this much late.
 const TICK: Duration = Duration::from_millis(10);
@@ -113,13 +131,42 @@ const TICK: Duration = Duration::from_millis(10);
 /// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
 const T4: Duration = Duration::from_secs(5);
 
-/// The socket a datagram came in on or goes out of.
+/// The socket or connection a message came in on or goes out of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Local {
-    /// A public listen address (index into `Config::listen`).
+    /// A public UDP listen address (index into `Config::listen`).
     Public(u8),
-    /// The worker's private backend-facing socket.
+    /// The worker's private backend-facing UDP socket.
     Internal,
+    /// A stream connection. On a [`Transmit`]: send on it; when it has
+    /// closed meanwhile, the runtime handles a response as RFC 3261
+    /// §18.2.2 says (a new connection to the `received` address and the
+    /// sent-by port of its top Via, see [`msg::stream_fallback`]) and drops
+    /// a request.
+    Conn(ConnId),
+    /// On a [`Transmit`] only: to `dst` over this stream transport, on a
+    /// connection the worker already has to that address, else a new one.
+    Connect(Transport),
+}
+
+impl Local {
+    /// The transport of this socket or connection.
+    pub fn transport(self) -> Transport {
+        match self {
+            Local::Public(_) | Local::Internal => Transport::Udp,
+            Local::Conn(c) => c.transport,
+            Local::Connect(t) => t,
+        }
+    }
+
+    /// Where to send requests over `transport`: the internal UDP socket,
+    /// or a (reused) connection.
+    pub fn outbound(transport: Transport) -> Local {
+        match transport {
+            Transport::Udp => Local::Internal,
+            t => Local::Connect(t),
+        }
+    }
 }
 
 /// A datagram to send.
@@ -276,6 +323,8 @@ struct Txn {
     client: Client,
     attempt: u8,
     dest: SocketAddr,
+    /// Transport towards `dest`.
+    dest_transport: Transport,
     /// The request as last sent downstream.
     out: Vec<u8>,
     a_interval: Duration,
@@ -286,7 +335,9 @@ struct Txn {
     sel: Selection,
     tried: Tried,
     record_route: bool,
-    remove_route: bool,
+    /// How many of siplb's own Route values to remove (0, 1, or 2 after a
+    /// double Record-Route).
+    remove_routes: u8,
     scheduled: Option<Instant>,
 }
 
@@ -340,8 +391,8 @@ struct DialogInfo {
     callee_routes: Vec<Vec<u8>>,
     /// Socket and address the INVITE came from.
     caller: (Local, SocketAddr),
-    /// Where the INVITE went.
-    callee: Option<SocketAddr>,
+    /// Where the INVITE went, and over which transport.
+    callee: Option<(SocketAddr, Transport)>,
     /// Highest CSeq seen from each side.
     caller_cseq: u32,
     callee_cseq: u32,
@@ -361,10 +412,12 @@ pub struct Proxy {
     stats: Arc<Stats>,
     worker: u16,
     epoch: u32,
-    via_host: Vec<u8>,
-    /// Sent-by of the Via of siplb's own requests towards callers.
+    /// `SIP/2.0/<T> host:port` of siplb's Via towards backends, per transport.
+    via_hosts: [Vec<u8>; 3],
+    /// Sent-by of the Via of siplb's own UDP requests towards callers.
     public_via: Vec<u8>,
-    record_route_host: Vec<u8>,
+    /// `<sip:host:port[;transport=t];lr` of siplb's Record-Route, per transport.
+    record_route_hosts: [Vec<u8>; 3],
     ours: Vec<SocketAddr>,
     txns: Slab<Txn>,
     index: HashMap<u64, Key>,
@@ -388,12 +441,39 @@ impl Proxy {
     /// random choice.
     pub fn new(cfg: Arc<Config>, table: Arc<Table>, stats: Arc<Stats>, worker: u16, epoch: u32, seed: u64) -> Proxy {
         let internal = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base.wrapping_add(worker));
+        // The address siplb gives for each stream transport: the first
+        // listen address of that transport (with the advertised IP when it
+        // listens on all addresses), else the advertised IP with the
+        // transport's default port.
+        let stream_addr = |list: &[SocketAddr], t: Transport| {
+            let a = list
+                .first()
+                .copied()
+                .unwrap_or(SocketAddr::new(cfg.advertised.ip(), t.default_port()));
+            if a.ip().is_unspecified() {
+                SocketAddr::new(cfg.advertised.ip(), a.port())
+            } else {
+                a
+            }
+        };
+        let tcp = stream_addr(&cfg.listen_tcp, Transport::Tcp);
+        let tls = stream_addr(&cfg.listen_tls, Transport::Tls);
         let mut ours = cfg.listen.clone();
-        ours.push(cfg.advertised);
+        ours.extend_from_slice(&cfg.listen_tcp);
+        ours.extend_from_slice(&cfg.listen_tls);
+        ours.extend([cfg.advertised, tcp, tls]);
         Proxy {
-            via_host: format!("SIP/2.0/UDP {internal}").into_bytes(),
+            via_hosts: [
+                format!("SIP/2.0/UDP {internal}").into_bytes(),
+                format!("SIP/2.0/TCP {tcp}").into_bytes(),
+                format!("SIP/2.0/TLS {tls}").into_bytes(),
+            ],
             public_via: format!("SIP/2.0/UDP {}", cfg.advertised).into_bytes(),
-            record_route_host: format!("<sip:{};lr", cfg.advertised).into_bytes(),
+            record_route_hosts: [
+                format!("<sip:{};lr", cfg.advertised).into_bytes(),
+                format!("<sip:{tcp};transport=tcp;lr").into_bytes(),
+                format!("<sip:{tls};transport=tls;lr").into_bytes(),
+            ],
             ours,
             txns: Slab::new(cfg.limits.max_transactions, 0),
             index: HashMap::new(),
@@ -576,7 +656,7 @@ impl Proxy {
             self.on_request(now, local, remote, &msg);
         } else {
             Stats::inc(&self.stats.rx_responses);
-            self.on_response(now, remote, &msg);
+            self.on_response(now, local, remote, &msg);
         }
         Disposition::Handled
     }
@@ -651,7 +731,7 @@ impl Proxy {
             caller_contact: text(&i.caller_contact),
             callee_contact: text(&i.callee_contact),
             hold: d.hold,
-            destination: i.callee,
+            destination: i.callee.map(|(addr, _)| addr),
             age: now.saturating_duration_since(i.start),
             expires_in: d.expires.saturating_duration_since(now),
         }
@@ -686,9 +766,9 @@ impl Proxy {
             return;
         }
         let i = &d.info;
-        let callee = i.callee.map(|dst| {
+        let callee = i.callee.map(|(dst, transport)| {
             (
-                Local::Internal,
+                Local::outbound(transport),
                 dst,
                 i.callee_contact.clone(),
                 i.callee_routes.clone(),
@@ -747,16 +827,18 @@ impl Proxy {
             client: Client::Calling,
             attempt: 0,
             dest: dst,
+            dest_transport: local.transport(),
             out: Vec::new(),
             a_interval: timers.t1,
-            a_next: Some(now + timers.t1),
+            // No retransmissions over a stream (RFC 3261 §17.1.2.2).
+            a_next: (!local.transport().is_stream()).then_some(now + timers.t1),
             deadline: Some(now + timers.fr_timeout),
             cancel: Cancel::No,
             dialog: None,
             sel: Selection::Fixed,
             tried: Tried::default(),
             record_route: false,
-            remove_route: false,
+            remove_routes: 0,
             scheduled: None,
         };
         let Some(k) = self.txns.insert(t) else {
@@ -774,8 +856,8 @@ impl Proxy {
         // Towards a caller, the Via names the public address (answers may
         // reach any worker; the branch brings them to this one).
         let via = match local {
-            Local::Internal => self.via_host.clone(),
             Local::Public(_) => self.public_via.clone(),
+            other => self.via_hosts[other.transport() as usize].clone(),
         };
         let bye = msg::bye(&via, &branch, ruri, routes, from, to, call_id, cseq);
         if let Some(t) = self.txns.get_mut(k) {
@@ -908,7 +990,7 @@ impl Proxy {
         };
         match action {
             Action::Reply { code, reason } => self.reply(local, src, m, code, &reason, b""),
-            Action::Relay { addr, count } => {
+            Action::Relay { addr, transport, count } => {
                 if self.hops_exhausted(local, src, m) {
                     return;
                 }
@@ -936,12 +1018,12 @@ impl Proxy {
                         src,
                         m,
                         key,
-                        addr,
+                        (addr, transport),
                         dialog,
                         Selection::Fixed,
                         None,
                         invite,
-                        false,
+                        0,
                     )
                     .is_none()
                 {
@@ -964,7 +1046,7 @@ impl Proxy {
                     Ok(h) => h,
                     Err(e) => return self.no_capacity(local, src, m, e),
                 };
-                let Some(dest) = table.dest(hold.dest).map(|d| d.addr()) else {
+                let Some(dest) = table.dest(hold.dest).map(|d| (d.addr(), d.config.transport())) else {
                     table.release(hold);
                     return;
                 };
@@ -972,19 +1054,7 @@ impl Proxy {
                     // Load is counted for calls only; other requests just
                     // go where a call would go.
                     table.release(hold);
-                    self.start_txn(
-                        now,
-                        local,
-                        src,
-                        m,
-                        key,
-                        dest,
-                        None,
-                        Selection::Fixed,
-                        None,
-                        false,
-                        false,
-                    );
+                    self.start_txn(now, local, src, m, key, dest, None, Selection::Fixed, None, false, 0);
                     return;
                 }
                 let Some(dk) = self.new_dialog(now, m, Some(hold), (local, src)) else {
@@ -997,19 +1067,7 @@ impl Proxy {
                     flags,
                 };
                 if self
-                    .start_txn(
-                        now,
-                        local,
-                        src,
-                        m,
-                        key,
-                        dest,
-                        Some(dk),
-                        sel,
-                        Some(hold.dest),
-                        true,
-                        false,
-                    )
+                    .start_txn(now, local, src, m, key, dest, Some(dk), sel, Some(hold.dest), true, 0)
                     .is_none()
                 {
                     self.end_dialog(dk, End::Failed);
@@ -1021,7 +1079,11 @@ impl Proxy {
                 }
                 let mut order = [0u16; MAX_CANDIDATES];
                 let n = self.dispatch_order(m, set, algorithm, flags, &mut order);
-                let Some(dest) = order[..n].first().and_then(|&i| self.table.dest(i)).map(|d| d.addr()) else {
+                let Some(dest) = order[..n]
+                    .first()
+                    .and_then(|&i| self.table.dest(i))
+                    .map(|d| (d.addr(), d.config.transport()))
+                else {
                     return self.no_capacity(local, src, m, LbError::NoDestination);
                 };
                 let first = order[0];
@@ -1054,7 +1116,7 @@ impl Proxy {
                     None
                 };
                 if self
-                    .start_txn(now, local, src, m, key, dest, dialog, sel, Some(first), invite, false)
+                    .start_txn(now, local, src, m, key, dest, dialog, sel, Some(first), invite, 0)
                     .is_none()
                 {
                     if let Some(dk) = dialog {
@@ -1285,13 +1347,36 @@ impl Proxy {
                 dl.info.callee_cseq = dl.info.callee_cseq.max(seq);
             }
         }
-        let next = match m.route_values().nth(1) {
-            Some(r) => siplb_parser::NameAddr::parse(r)
-                .ok()
-                .and_then(|na| msg::uri_addr(na.uri)),
-            None => m.request_uri().and_then(msg::uri_addr),
+        // After a double Record-Route both values are ours; the last one
+        // removed faces the next hop and names its transport.
+        let own = if m
+            .route_values()
+            .nth(1)
+            .is_some_and(|r| msg::route_is_ours(r, &self.ours))
+        {
+            2
+        } else {
+            1
         };
-        let Some(dst) = next else {
+        let facing = m
+            .route_values()
+            .nth(usize::from(own) - 1)
+            .and_then(|r| siplb_parser::NameAddr::parse(r).ok())
+            .and_then(|na| siplb_parser::Uri::parse(na.uri).ok())
+            .and_then(|u| Transport::of_uri(&u));
+        let next_uri = match m.route_values().nth(usize::from(own)) {
+            Some(r) => siplb_parser::NameAddr::parse(r).ok().map(|na| na.uri),
+            None => m.request_uri(),
+        };
+        let next = next_uri.and_then(|u| {
+            let transport = siplb_parser::Uri::parse(u)
+                .ok()
+                .and_then(|u| Transport::of_uri(&u))
+                .or(facing)
+                .unwrap_or_default();
+            Some((msg::uri_addr(u)?, transport))
+        });
+        let Some((dst, transport)) = next else {
             Stats::inc(&self.stats.drop_unroutable);
             if !is_ack {
                 self.reply(local, src, m, 502, "Bad Gateway", b"");
@@ -1302,9 +1387,9 @@ impl Proxy {
             // ACK for a 2xx: its own transaction, relayed statelessly.
             let mut branch = b"z9hG4bKslbs".to_vec();
             msg::push_hex(&mut branch, msg::hash(&[m.top_via().branch.unwrap_or_default()]));
-            if let Some(out) = self.forward(m, src, &branch, None, true) {
+            if let Some(out) = self.forward(m, src, transport, &branch, None, own) {
                 Stats::inc(&self.stats.relayed_requests);
-                self.send(Local::Internal, dst, out);
+                self.send(Local::outbound(transport), dst, out);
             }
             return;
         }
@@ -1315,7 +1400,19 @@ impl Proxy {
         }
         let key = txn_key(m, class(method));
         let invite = method == Method::Invite;
-        self.start_txn(now, local, src, m, key, dst, None, Selection::Fixed, None, invite, true);
+        self.start_txn(
+            now,
+            local,
+            src,
+            m,
+            key,
+            (dst, transport),
+            None,
+            Selection::Fixed,
+            None,
+            invite,
+            own,
+        );
     }
 
     fn on_cancel(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
@@ -1345,29 +1442,35 @@ impl Proxy {
         let Some(t) = self.txns.get_mut(k) else { return };
         let Ok(sent) = scan_datagram(&t.out) else { return };
         let c = msg::cancel_for(&sent);
-        let dst = t.dest;
+        let (dst, transport) = (t.dest, t.dest_transport);
         let limit = now + fr;
         t.deadline = Some(t.deadline.map_or(limit, |d| d.min(limit)));
-        self.send(Local::Internal, dst, c);
+        self.send(Local::outbound(transport), dst, c);
         self.schedule_txn(k);
     }
 
-    /// The request as relayed: our Via on top, received/rport on the
-    /// sender's, Max-Forwards lowered (70 when absent), optionally our
-    /// Record-Route and without our Route.
+    /// The request as relayed over `transport`: our Via on top,
+    /// received/rport on the sender's, Max-Forwards lowered (70 when
+    /// absent), optionally our Record-Route values (in order, top first)
+    /// and without our `remove_routes` Route values.
     fn forward(
         &self,
         m: &Message<'_>,
         src: SocketAddr,
+        transport: Transport,
         branch: &[u8],
         record_route: Option<&[u8]>,
-        remove_route: bool,
+        remove_routes: u8,
     ) -> Option<Vec<u8>> {
-        let mut via = Vec::with_capacity(self.via_host.len() + branch.len() + 16);
-        via.extend_from_slice(&self.via_host);
+        let host = &self.via_hosts[transport as usize];
+        let mut via = Vec::with_capacity(host.len() + branch.len() + 24);
+        via.extend_from_slice(host);
         via.extend_from_slice(b";branch=");
         via.extend_from_slice(branch);
         via.extend_from_slice(b";rport");
+        if transport.is_stream() {
+            via.extend_from_slice(b";alias");
+        }
         // `received` and the port, in one buffer.
         let mut sender = Vec::with_capacity(24);
         msg::push_ip(&mut sender, src.ip());
@@ -1391,10 +1494,20 @@ impl Proxy {
         if let Some(rr) = record_route {
             push(Edit::InsertRecordRoute(rr));
         }
-        if remove_route && m.route_values().next().is_some() {
+        if remove_routes > 0 && m.route_values().next().is_some() {
             push(Edit::RemoveFirstRoute);
         }
-        rewrite(m, &edits[..n]).ok().map(|r| r.to_vec())
+        let out = rewrite(m, &edits[..n]).ok()?.to_vec();
+        if remove_routes < 2 {
+            return Some(out);
+        }
+        // The second of a double Record-Route: one more pass (rare: only
+        // in-dialog requests of calls that change transport).
+        let again = scan_datagram(&out).ok()?;
+        if again.route_values().next().is_none() {
+            return Some(out);
+        }
+        rewrite(&again, &[Edit::RemoveFirstRoute]).ok().map(|r| r.to_vec())
     }
 
     /// Creates a proxy transaction for `m` and sends the first attempt.
@@ -1406,12 +1519,12 @@ impl Proxy {
         src: SocketAddr,
         m: &Message<'_>,
         key: u64,
-        dest: SocketAddr,
+        (dest, dest_transport): (SocketAddr, Transport),
         dialog: Option<Key>,
         sel: Selection,
         first: Option<u16>,
         invite: bool,
-        remove_route: bool,
+        remove_routes: u8,
     ) -> Option<Key> {
         let mut tried = Tried::default();
         if let Some(first) = first {
@@ -1432,6 +1545,7 @@ impl Proxy {
             client: Client::Calling,
             attempt: 0,
             dest,
+            dest_transport,
             out: Vec::new(),
             a_interval: self.cfg.timers.t1,
             a_next: None,
@@ -1440,8 +1554,8 @@ impl Proxy {
             dialog,
             sel,
             tried,
-            record_route: invite && !remove_route,
-            remove_route,
+            record_route: invite && remove_routes == 0,
+            remove_routes,
             scheduled: None,
         };
         let Some(k) = self.txns.insert(t) else {
@@ -1480,32 +1594,37 @@ impl Proxy {
             attempt: t.attempt,
         }
         .encode_into(&mut branch);
-        let rr = match (t.record_route, t.dialog) {
-            (false, _) => None,
-            (true, Some(d)) => {
-                let mut rr = self.record_route_host.clone();
-                rr.extend_from_slice(b";did=");
-                DialogId {
-                    epoch: self.epoch,
-                    worker: self.worker,
-                    index: d.index,
-                    generation: d.generation,
+        let rr = t.record_route.then(|| {
+            let value = |rr: &mut Vec<u8>, transport: Transport| {
+                rr.extend_from_slice(&self.record_route_hosts[transport as usize]);
+                if let Some(d) = t.dialog {
+                    rr.extend_from_slice(b";did=");
+                    DialogId {
+                        epoch: self.epoch,
+                        worker: self.worker,
+                        index: d.index,
+                        generation: d.generation,
+                    }
+                    .encode_into(rr);
                 }
-                .encode_into(&mut rr);
                 rr.push(b'>');
-                Some(rr)
+            };
+            // RFC 5658: when the transport changes, one value per side,
+            // the destination's side on top.
+            let (inbound, outbound) = (t.local.transport(), t.dest_transport);
+            let mut rr = Vec::with_capacity(96);
+            value(&mut rr, outbound);
+            if inbound != outbound {
+                rr.extend_from_slice(b", ");
+                value(&mut rr, inbound);
             }
-            (true, None) => {
-                let mut rr = self.record_route_host.clone();
-                rr.push(b'>');
-                Some(rr)
-            }
-        };
+            rr
+        });
         let forwarded = match request {
-            Some(m) => self.forward(m, t.src, &branch, rr.as_deref(), t.remove_route),
+            Some(m) => self.forward(m, t.src, t.dest_transport, &branch, rr.as_deref(), t.remove_routes),
             None => {
                 let Ok(m) = scan_datagram(&t.request) else { return false };
-                self.forward(&m, t.src, &branch, rr.as_deref(), t.remove_route)
+                self.forward(&m, t.src, t.dest_transport, &branch, rr.as_deref(), t.remove_routes)
             }
         };
         let Some(out) = forwarded else { return false };
@@ -1514,18 +1633,19 @@ impl Proxy {
         t.out = out.clone();
         t.client = Client::Calling;
         t.a_interval = timers.t1;
-        t.a_next = Some(now + timers.t1);
+        // Timers A and E: retransmissions over UDP only.
+        t.a_next = (!t.dest_transport.is_stream()).then_some(now + timers.t1);
         t.deadline = Some(now + timers.fr_timeout);
-        let dst = t.dest;
+        let (dst, transport) = (t.dest, t.dest_transport);
         Stats::inc(&self.stats.relayed_requests);
-        self.send(Local::Internal, dst, out);
+        self.send(Local::outbound(transport), dst, out);
         self.schedule_txn(k);
         true
     }
 
     // ---- responses -----------------------------------------------------
 
-    fn on_response(&mut self, now: Instant, src: SocketAddr, m: &Message<'_>) {
+    fn on_response(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
         let code = m.status().unwrap_or(0);
         let id = m
             .top_via()
@@ -1551,7 +1671,7 @@ impl Proxy {
                 // A 2xx retransmission after the transaction: relay by Via.
                 self.relay_stateless(m);
             } else if is_invite && code >= 300 {
-                self.ack(src, m, None);
+                self.ack(local, src, m, None);
             } else {
                 Stats::inc(&self.stats.drop_stray_response);
             }
@@ -1580,7 +1700,7 @@ impl Proxy {
         if id.attempt != t.attempt || t.client == Client::Done {
             if is_invite && code >= 300 {
                 let sent = t.out.clone();
-                self.ack(src, m, Some(&sent));
+                self.ack(local, src, m, Some(&sent));
             } else if is_invite && (200..300).contains(&code) && id.attempt == t.attempt {
                 let (l, dst) = (t.local, t.src);
                 self.relay_response(l, dst, m);
@@ -1654,7 +1774,7 @@ impl Proxy {
             return;
         }
         if (200..300).contains(&code) {
-            let (l, dst, dialog, callee) = (t.local, t.src, t.dialog, t.dest);
+            let (l, dst, dialog, callee) = (t.local, t.src, t.dialog, (t.dest, t.dest_transport));
             let _ = self.relay_response(l, dst, m);
             let Some(t) = self.txns.get_mut(k) else { return };
             // Nothing more is sent for this transaction: 2xx
@@ -1673,15 +1793,20 @@ impl Proxy {
             return;
         }
         let sent = t.out.clone();
-        self.ack(src, m, Some(&sent));
+        self.ack(local, src, m, Some(&sent));
         self.failure(now, k, code, Some(m));
     }
 
-    /// ACKs a non-2xx final. `sent`: the INVITE as siplb sent it.
-    fn ack(&mut self, src: SocketAddr, resp: &Message<'_>, sent: Option<&[u8]>) {
+    /// ACKs a non-2xx final received on `local` from `src` (back on its
+    /// connection, on a stream). `sent`: the INVITE as siplb sent it.
+    fn ack(&mut self, local: Local, src: SocketAddr, resp: &Message<'_>, sent: Option<&[u8]>) {
         let sent = sent.and_then(|s| scan_datagram(s).ok());
         let a = msg::ack_for(sent.as_ref(), resp);
-        self.send(Local::Internal, src, a);
+        let local = match local {
+            Local::Conn(_) => local,
+            _ => Local::Internal,
+        };
+        self.send(local, src, a);
     }
 
     /// Relays a response to `dst` without its top Via; returns what was sent.
@@ -1705,7 +1830,12 @@ impl Proxy {
             Stats::inc(&self.stats.drop_unroutable);
             return;
         };
-        self.relay_response(Local::Public(0), dst, m);
+        let local = match next.transport() {
+            siplb_parser::Transport::Tcp => Local::Connect(Transport::Tcp),
+            siplb_parser::Transport::Tls => Local::Connect(Transport::Tls),
+            _ => Local::Public(0),
+        };
+        self.relay_response(local, dst, m);
     }
 
     /// The current attempt failed with `code` (a reply, or a local 408):
@@ -1738,11 +1868,11 @@ impl Proxy {
                     if let Some(old) = old {
                         table.release(old);
                     }
-                    let dest = table.dest(next).map(|d| d.addr());
+                    let dest = table.dest(next).map(|d| (d.addr(), d.config.transport()));
                     if let Some(t) = self.txns.get_mut(k) {
                         t.tried.push(next);
                         t.attempt = t.attempt.wrapping_add(1);
-                        t.dest = dest.unwrap_or(t.dest);
+                        (t.dest, t.dest_transport) = dest.unwrap_or((t.dest, t.dest_transport));
                         Stats::inc(&self.stats.failovers);
                         tracing::info!(code, from = %failed, to = %t.dest, attempt = t.attempt, "failover");
                     }
@@ -1810,6 +1940,8 @@ impl Proxy {
         let retry_after = self.cfg.failover.retry_after;
         let Some(t) = self.txns.get(k) else { return };
         let (local, dst, dialog, invite) = (t.local, t.src, t.dialog, t.invite);
+        // Timer G: final retransmissions over UDP only.
+        let retransmit = invite && !local.transport().is_stream();
         // A final without the caller's Via (some UAS answer the INVITE
         // with the CANCEL's Vias) is answered locally with its code.
         let relayed = resp.and_then(|m| self.relay_response(local, dst, m));
@@ -1848,7 +1980,7 @@ impl Proxy {
         t.deadline = None;
         t.last_response = out;
         t.server = Server::Completed;
-        if invite {
+        if retransmit {
             t.g_interval = timers.t1;
             t.g_next = Some(now + timers.t1);
         }
@@ -1898,12 +2030,12 @@ impl Proxy {
             };
             t.a_interval = interval;
             t.a_next = Some(now + interval);
-            let (dst, out) = (t.dest, t.out.clone());
+            let (dst, transport, out) = (t.dest, t.dest_transport, t.out.clone());
             // siplb's own requests leave by the socket they were sent from.
             let via = if t.origin == Origin::Local {
                 t.local
             } else {
-                Local::Internal
+                Local::outbound(transport)
             };
             Stats::inc(&self.stats.retransmissions);
             self.send(via, dst, out);
@@ -1932,8 +2064,8 @@ impl Proxy {
             if t.invite && proceeding && t.cancel != Cancel::Sent {
                 if let Ok(sent) = scan_datagram(&t.out) {
                     let c = msg::cancel_for(&sent);
-                    let dst = t.dest;
-                    self.send(Local::Internal, dst, c);
+                    let (dst, transport) = (t.dest, t.dest_transport);
+                    self.send(Local::outbound(transport), dst, c);
                 }
             }
             // An INVITE was CANCELled above when it had a provisional; a
@@ -1953,7 +2085,7 @@ impl Proxy {
 
     // ---- dialogs ---------------------------------------------------------
 
-    fn confirm_dialog(&mut self, now: Instant, k: Key, ok: &Message<'_>, callee: SocketAddr) {
+    fn confirm_dialog(&mut self, now: Instant, k: Key, ok: &Message<'_>, callee: (SocketAddr, Transport)) {
         let lifetime = self.cfg.timers.dialog_lifetime;
         let Some(d) = self.dialogs.get_mut(k) else { return };
         if d.state == DialogState::Early {

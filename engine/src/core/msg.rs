@@ -187,10 +187,33 @@ pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
     s.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
-/// The address of a URI with an IP host (default port 5060).
+/// The address of a URI with an IP host (default port 5060, 5061 for
+/// `sips:` and `;transport=tls`).
 pub fn uri_addr(uri: &[u8]) -> Option<SocketAddr> {
     let u = Uri::parse(uri).ok()?;
-    Some(SocketAddr::new(host_ip(u.host)?, u.port.unwrap_or(5060)))
+    let default = super::Transport::of_uri(&u).unwrap_or_default().default_port();
+    Some(SocketAddr::new(host_ip(u.host)?, u.port.unwrap_or(default)))
+}
+
+/// Where a response goes over a stream when the connection its request
+/// came on has closed (RFC 3261 §18.2.2): the `received` address (else
+/// the sent-by host) of its top Via, with the sent-by port (else the
+/// transport's default). `None` for a request or an unusable Via.
+pub fn stream_fallback(payload: &[u8]) -> Option<SocketAddr> {
+    let m = siplb_parser::scan_datagram(payload).ok()?;
+    if m.is_request() {
+        return None;
+    }
+    let via = m.top_via();
+    let ip = match via.received {
+        Some(r) => host_ip(r)?,
+        None => host_ip(via.host)?,
+    };
+    let default = match via.transport() {
+        siplb_parser::Transport::Tls => 5061,
+        _ => 5060,
+    };
+    Some(SocketAddr::new(ip, via.port.unwrap_or(default)))
 }
 
 /// Where a response goes according to a Via (RFC 3261 §18.2.2, RFC 3581):
@@ -550,6 +573,17 @@ mod tests {
         assert!(mark.is_ours(&["127.0.0.1:5060".parse().unwrap()]));
         assert!(!mark.is_ours(&["127.0.0.1:5061".parse().unwrap()]));
         assert!(!route_is_ours(route.as_bytes(), &["127.0.0.1:5061".parse().unwrap()]));
+    }
+
+    #[test]
+    fn stream_fallback_uses_received_and_sent_by_port() {
+        let r = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP h.example:5090;received=10.0.0.9;rport=40000\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(stream_fallback(r), Some("10.0.0.9:5090".parse().unwrap()));
+        let tls = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 10.0.0.8\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(stream_fallback(tls), Some("10.0.0.8:5061".parse().unwrap()));
+        assert_eq!(uri_addr(b"sips:10.0.0.1"), Some("10.0.0.1:5061".parse().unwrap()));
     }
 
     #[test]

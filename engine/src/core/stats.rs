@@ -93,6 +93,37 @@ stats! {
     replies_5xx,
     /// ... 6xx.
     replies_6xx,
+    /// Stream (TCP and TLS) connections open now, inbound and outbound.
+    tcp_connections,
+    /// Inbound stream connections accepted.
+    tcp_accepted,
+    /// Outbound stream connections opened to backends (or to UAs).
+    tcp_connected,
+    /// Connections refused: the process-wide limit was reached.
+    tcp_refused_total_limit,
+    /// Connections refused: the per-source-address limit was reached.
+    tcp_refused_per_ip_limit,
+    /// Outbound connections that failed (connect error, timeout, TLS
+    /// handshake error towards a backend).
+    tcp_connect_failed,
+    /// Inbound TLS handshakes that failed (bad or missing client
+    /// certificate, protocol errors).
+    tls_handshake_failed,
+    /// Connections closed after `tcp.idle_timeout` without traffic.
+    tcp_idle_closed,
+    /// Connections cut off because a message took longer than
+    /// `tcp.message_timeout` to arrive in full (slow senders).
+    tcp_slow_closed,
+    /// Connections closed on a framing error (missing or bad
+    /// Content-Length, garbage between messages) or an oversized message.
+    tcp_framing_errors,
+    /// RFC 5626 keep-alive pings answered.
+    tcp_keepalive_pings,
+    /// Messages to a connection that had closed, sent on a new one (RFC
+    /// 3261 §18.2.2) or, for requests, dropped.
+    tcp_send_fallbacks,
+    /// Messages dropped because no connection could carry them.
+    tcp_drop_send,
 }
 
 impl Stats {

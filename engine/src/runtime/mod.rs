@@ -28,11 +28,19 @@
 //!
 //! Probing: one more thread ([`prober`]) with its own UDP socket sends the
 //! health probes and updates the destinations' status.
+//! Streams (TCP, TLS; [`stream`]): each worker also owns a `SO_REUSEPORT`
+//! listener on every `tcp:`/`tls:` listen address and the connections it
+//! accepts or opens, watched by an epoll instance of its own that the loop
+//! waits on (on the io_uring path through a multishot poll of that epoll
+//! descriptor). A message for a connection of another worker (a reply to
+//! a request that was handed over) is passed to the owner like a datagram.
 //!
 //! Stop: set the stop flag; each worker leaves its loop within 100 ms,
 //! ends its dialogs (releasing their load) and exits.
 
 pub mod prober;
+pub mod stream;
+pub mod tls;
 pub mod udp;
 pub mod uring;
 
@@ -46,7 +54,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::config::{Config, IoMode};
-use crate::core::{Control, ControlReply, Disposition, Local, Proxy, Stats, Transmit};
+use crate::core::{Control, ControlReply, Disposition, Local, Proxy, Stats, Transmit, Transport};
 use crate::lb::Table;
 use crate::reload::Live;
 
@@ -61,6 +69,9 @@ pub enum RuntimeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The TLS files could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Another system call failed.
     #[error("{what}: {source}")]
     Io {
@@ -71,11 +82,16 @@ pub enum RuntimeError {
     },
 }
 
-/// A datagram passed between workers.
-struct HandOff {
-    local: Local,
-    src: SocketAddr,
-    bytes: Vec<u8>,
+/// Work passed between workers.
+enum HandOff {
+    /// A message another worker received that this one owns.
+    Message {
+        local: Local,
+        src: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// A message to send on a connection this worker owns.
+    Send(Transmit),
 }
 
 /// A control message and where its answer goes.
@@ -147,6 +163,7 @@ pub struct Runtime {
     prober_addr: SocketAddr,
     io: &'static str,
     controller: Controller,
+    connections: Arc<stream::ConnLimits>,
 }
 
 impl Runtime {
@@ -158,6 +175,11 @@ impl Runtime {
     /// The I/O path in use: `"io_uring"` or `"epoll"`.
     pub fn io(&self) -> &'static str {
         self.io
+    }
+
+    /// Stream connections open now (all workers).
+    pub fn connections(&self) -> usize {
+        self.connections.total()
     }
 
     /// Binds every socket, then starts the workers. Fails before any
@@ -201,6 +223,19 @@ impl Runtime {
                 source,
             })?;
         let ha = crate::ha::Ha::new(&cfg);
+        for &addr in cfg.listen_tcp.iter().chain(&cfg.listen_tls) {
+            stream::check_free(addr, cfg.freebind).map_err(|source| RuntimeError::Bind { addr, source })?;
+        }
+        let tls = match &cfg.tls {
+            Some(t) => {
+                if t.backend_ca.is_none() {
+                    tracing::warn!("tls.backend_ca is not set: backends' TLS certificates are not verified");
+                }
+                Some(tls::load(t)?)
+            }
+            None => None,
+        };
+        let connections = Arc::new(stream::ConnLimits::default());
         let mut sockets = Vec::new();
         for i in 0..n {
             let mut publics = Vec::new();
@@ -213,7 +248,16 @@ impl Runtime {
             let addr = SocketAddr::new(cfg.internal_ip, cfg.internal_port_base + i as u16);
             let internal = udp::bind_with(addr, false, cfg.socket_buffer, cfg.freebind)
                 .map_err(|source| RuntimeError::Bind { addr, source })?;
-            sockets.push((publics, internal));
+            let mut listeners = Vec::new();
+            for (list, transport) in [(&cfg.listen_tcp, Transport::Tcp), (&cfg.listen_tls, Transport::Tls)] {
+                for &addr in list {
+                    listeners.push((
+                        stream::listen(addr, cfg.freebind).map_err(|source| RuntimeError::Bind { addr, source })?,
+                        transport,
+                    ));
+                }
+            }
+            sockets.push((publics, internal, listeners));
         }
         let mut wakers = Vec::new();
         let mut queues: Vec<(Sender<HandOff>, Receiver<HandOff>)> = Vec::new();
@@ -239,9 +283,22 @@ impl Runtime {
         };
         let mut workers = Vec::new();
         let mut all_stats = Vec::new();
-        for (i, ((publics, internal), (_, rx))) in sockets.into_iter().zip(queues).enumerate() {
+        for (i, ((publics, internal, listeners), (_, rx))) in sockets.into_iter().zip(queues).enumerate() {
             let stats = Arc::new(Stats::default());
             all_stats.push(stats.clone());
+            let streams = stream::Streams::new(
+                i as u16,
+                listeners,
+                tls.clone(),
+                connections.clone(),
+                cfg.tcp,
+                cfg.limits.max_message_size,
+                stats.clone(),
+            )
+            .map_err(|source| RuntimeError::Io {
+                what: "stream epoll",
+                source,
+            })?;
             let seed = u64::from(epoch) << 16 | i as u64;
             let proxy = Proxy::new(cfg.clone(), table.clone(), stats.clone(), i as u16, epoch, seed);
             let w = Worker {
@@ -249,6 +306,8 @@ impl Runtime {
                 proxy,
                 publics,
                 internal,
+                streams,
+                incoming: Vec::new(),
                 inbox: rx,
                 control: control_rx.next().expect("one control queue per worker"),
                 peers: senders.clone(),
@@ -309,6 +368,8 @@ impl Runtime {
             io = if use_uring { "io_uring" } else { "epoll" },
             workers = n,
             listen = ?cfg.listen,
+            listen_tcp = ?cfg.listen_tcp,
+            listen_tls = ?cfg.listen_tls,
             internal = %SocketAddr::new(cfg.internal_ip, cfg.internal_port_base),
             "siplb running"
         );
@@ -324,6 +385,7 @@ impl Runtime {
             prober_addr,
             io: if use_uring { "io_uring" } else { "epoll" },
             controller,
+            connections,
         })
     }
 
@@ -382,6 +444,7 @@ pub(crate) fn epoch() -> u32 {
 
 const INTERNAL_TOKEN: u64 = 1 << 32;
 const WAKE_TOKEN: u64 = 2 << 32;
+const STREAM_TOKEN: u64 = 3 << 32;
 const BATCH: usize = 32;
 
 struct Worker {
@@ -389,6 +452,8 @@ struct Worker {
     proxy: Proxy,
     publics: Vec<UdpSocket>,
     internal: UdpSocket,
+    streams: stream::Streams,
+    incoming: Vec<stream::Incoming>,
     inbox: Receiver<HandOff>,
     control: Receiver<ControlMsg>,
     peers: Vec<Sender<HandOff>>,
@@ -434,6 +499,7 @@ impl Worker {
         }
         self.proxy.shutdown();
         self.flush();
+        self.streams.close_all();
         tracing::debug!(worker = self.index, "worker stopped");
     }
 
@@ -445,6 +511,7 @@ impl Worker {
         epoll.add(self.internal.as_raw_fd(), INTERNAL_TOKEN)?;
         let waker = self.wakers[self.index].clone();
         epoll.add(waker.raw(), WAKE_TOKEN)?;
+        epoll.add(self.streams.fd(), STREAM_TOKEN)?;
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 16];
         // One byte more than the limit, so oversized datagrams are seen as such.
         let mut batch = udp::RecvBatch::new(BATCH, self.max_message + 1);
@@ -466,6 +533,11 @@ impl Worker {
                 let token = ev.u64;
                 if token == WAKE_TOKEN {
                     waker.drain();
+                    continue;
+                }
+                if token == STREAM_TOKEN {
+                    self.poll_streams(Instant::now());
+                    self.flush();
                     continue;
                 }
                 let (fd, local) = if token == INTERNAL_TOKEN {
@@ -500,9 +572,7 @@ impl Worker {
                 }
             }
             let now = Instant::now();
-            while let Ok(h) = self.inbox.try_recv() {
-                self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
-            }
+            self.drain_inbox(now);
             self.control(now);
             if let Some(ha) = &self.ha {
                 ha.pump(&mut self.proxy, now);
@@ -510,9 +580,47 @@ impl Worker {
             if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
                 self.proxy.handle_timeout(now);
             }
+            self.streams.sweep(now);
             self.flush();
         }
         Ok(())
+    }
+
+    /// Feeds what other workers passed over.
+    fn drain_inbox(&mut self, now: Instant) {
+        while let Ok(h) = self.inbox.try_recv() {
+            match h {
+                HandOff::Message { local, src, bytes } => {
+                    self.proxy.handle_datagram(now, local, src, &bytes, true);
+                }
+                HandOff::Send(t) => {
+                    // Sent::Foreign cannot happen: it names this worker.
+                    let _ = self.streams.send(now, t.local, t.dst, &t.payload);
+                }
+            }
+        }
+    }
+
+    /// Reads the stream connections and feeds their messages to the proxy.
+    fn poll_streams(&mut self, now: Instant) {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        self.streams.poll(now, &mut incoming);
+        for m in incoming.drain(..) {
+            self.input(now, m.local, m.src, &m.bytes);
+        }
+        self.incoming = incoming;
+    }
+
+    /// Sends a stream transmit, or passes it to the worker that owns its
+    /// connection.
+    fn send_stream(&mut self, now: Instant, t: Transmit) {
+        if let stream::Sent::Foreign(w) = self.streams.send(now, t.local, t.dst, &t.payload) {
+            let w = usize::from(w);
+            match self.peers.get(w).map(|p| p.try_send(HandOff::Send(t))) {
+                Some(Ok(())) => self.wakers[w].notify(),
+                _ => Stats::inc(&self.stats.drop_handoff),
+            }
+        }
     }
 
     fn setup_uring(&self) -> std::io::Result<uring::Uring> {
@@ -521,6 +629,7 @@ impl Worker {
         let mut fds: Vec<std::os::fd::RawFd> = self.publics.iter().map(|s| s.as_raw_fd()).collect();
         fds.push(self.internal.as_raw_fd());
         ring.arm(&fds, self.wakers[self.index].raw())?;
+        ring.arm_streams(self.streams.fd())?;
         Ok(ring)
     }
 
@@ -540,6 +649,7 @@ impl Worker {
             ring.wait(wait)?;
             self.pick_up();
             let now = Instant::now();
+            let mut streams_ready = false;
             let send_errors = ring.dispatch(|ev| match ev {
                 uring::Event::Datagram {
                     socket,
@@ -560,13 +670,18 @@ impl Worker {
                     self.input(now, local, src, bytes);
                 }
                 uring::Event::Wake => waker.drain(),
+                uring::Event::Streams => streams_ready = true,
             })?;
             if send_errors > 0 {
                 self.stats.drop_send.fetch_add(send_errors, Ordering::Relaxed);
             }
-            while let Ok(h) = self.inbox.try_recv() {
-                self.proxy.handle_datagram(now, h.local, h.src, &h.bytes, true);
+            // The ring's poll of the streams' epoll descriptor fires on
+            // new readiness; connections still readable after a bounded
+            // round (level-triggered inside) are picked up here.
+            if streams_ready || self.streams.has_more() {
+                self.poll_streams(now);
             }
+            self.drain_inbox(now);
             self.control(now);
             if let Some(ha) = &self.ha {
                 ha.pump(&mut self.proxy, now);
@@ -574,19 +689,19 @@ impl Worker {
             if self.proxy.poll_timeout().is_some_and(|t| t <= now) {
                 self.proxy.handle_timeout(now);
             }
-            while let Some(t) = self.proxy.poll_transmit() {
-                let fd = match t.local {
-                    Local::Internal => self.internal.as_raw_fd(),
-                    Local::Public(i) => match self.publics.get(usize::from(i)) {
-                        Some(s) => s.as_raw_fd(),
-                        None => continue,
-                    },
-                };
-                ring.send(fd, t.dst, t.payload)?;
-            }
+            self.streams.sweep(now);
+            self.transmit_uring(&mut ring, now)?;
         }
         // Send what shutdown produces, then let the ring finish.
         self.proxy.shutdown();
+        self.transmit_uring(&mut ring, Instant::now())?;
+        ring.wait(Duration::from_millis(10))?;
+        Ok(())
+    }
+
+    /// Sends what the proxy produced: datagrams through the ring, stream
+    /// messages on their connections.
+    fn transmit_uring(&mut self, ring: &mut uring::Uring, now: Instant) -> std::io::Result<()> {
         while let Some(t) = self.proxy.poll_transmit() {
             let fd = match t.local {
                 Local::Internal => self.internal.as_raw_fd(),
@@ -594,10 +709,13 @@ impl Worker {
                     Some(s) => s.as_raw_fd(),
                     None => continue,
                 },
+                Local::Conn(_) | Local::Connect(_) => {
+                    self.send_stream(now, t);
+                    continue;
+                }
             };
             ring.send(fd, t.dst, t.payload)?;
         }
-        ring.wait(Duration::from_millis(10))?;
         Ok(())
     }
 
@@ -617,7 +735,7 @@ impl Worker {
                 self.proxy.handle_datagram(now, local, src, bytes, true);
                 return;
             };
-            let h = HandOff {
+            let h = HandOff::Message {
                 local,
                 src,
                 bytes: bytes.to_vec(),
@@ -634,10 +752,12 @@ impl Worker {
     fn flush(&mut self) {
         let mut internal: Vec<Transmit> = Vec::new();
         let mut public: Vec<Transmit> = Vec::new();
+        let now = Instant::now();
         while let Some(t) = self.proxy.poll_transmit() {
             match t.local {
                 Local::Internal => internal.push(t),
                 Local::Public(_) => public.push(t),
+                Local::Conn(_) | Local::Connect(_) => self.send_stream(now, t),
             }
         }
         let mut failed = 0;

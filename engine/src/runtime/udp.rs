@@ -57,7 +57,7 @@ pub fn check_free(addr: SocketAddr, freebind: bool) -> io::Result<()> {
     s.bind(&addr.into())
 }
 
-fn set_freebind(s: &Socket, addr: SocketAddr) -> io::Result<()> {
+pub(super) fn set_freebind(s: &Socket, addr: SocketAddr) -> io::Result<()> {
     if addr.is_ipv4() {
         s.set_freebind(true)
     } else {
@@ -87,12 +87,33 @@ impl Epoll {
 
     /// Watches `fd` for readability (level-triggered), tagged with `token`.
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
+        self.add_events(fd, libc::EPOLLIN as u32, token)
+    }
+
+    /// Watches `fd` for `events` (level-triggered), tagged with `token`.
+    pub fn add_events(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, events, token)
+    }
+
+    /// Changes the events watched on `fd`.
+    pub fn modify(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, events, token)
+    }
+
+    /// Stops watching `fd`.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+    }
+
+    /// The epoll descriptor itself (it can be watched in turn).
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        let r = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) };
         if r < 0 {
             return Err(io::Error::last_os_error());
         }

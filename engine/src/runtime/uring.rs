@@ -32,6 +32,7 @@ const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 const KIND_WAKE: u64 = 3;
 const KIND_PROVIDE: u64 = 4;
+const KIND_STREAM: u64 = 5;
 
 /// One datagram being sent; everything the kernel reads from stays here.
 struct SendOp {
@@ -56,6 +57,9 @@ pub enum Event<'a> {
     },
     /// The wake-up eventfd fired.
     Wake,
+    /// The stream connections' epoll descriptor is readable (see
+    /// [`Uring::arm_streams`]).
+    Streams,
 }
 
 /// A worker's ring.
@@ -63,6 +67,7 @@ pub struct Uring {
     ring: IoUring,
     sockets: Vec<RawFd>,
     wake: RawFd,
+    streams: RawFd,
     recv_hdr: Box<libc::msghdr>,
     bufs: Vec<u8>,
     size: usize,
@@ -90,6 +95,7 @@ impl Uring {
             ring,
             sockets: Vec::new(),
             wake: -1,
+            streams: -1,
             recv_hdr: hdr,
             bufs: vec![0u8; size * usize::from(count)],
             size,
@@ -156,6 +162,22 @@ impl Uring {
         let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr as *const libc::msghdr, GROUP)
             .build()
             .user_data(KIND_RECV << KIND_SHIFT | i as u64);
+        self.armed += 1;
+        self.push(e)
+    }
+
+    /// Watches the stream connections' epoll descriptor (multishot poll):
+    /// TCP and TLS are readiness-driven, then plain reads and writes.
+    pub fn arm_streams(&mut self, fd: RawFd) -> io::Result<()> {
+        self.streams = fd;
+        self.poll_streams()
+    }
+
+    fn poll_streams(&mut self) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(self.streams), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(KIND_STREAM << KIND_SHIFT);
         self.armed += 1;
         self.push(e)
     }
@@ -277,6 +299,13 @@ impl Uring {
                         self.arm_wake()?;
                     }
                 }
+                KIND_STREAM => {
+                    on_event(Event::Streams);
+                    if !cqueue::more(flags) {
+                        self.armed = self.armed.saturating_sub(1);
+                        self.poll_streams()?;
+                    }
+                }
                 _ => {}
             }
         }
@@ -328,7 +357,7 @@ impl Drop for Uring {
                 let kind = c.user_data() >> KIND_SHIFT;
                 let terminal = !cqueue::more(c.flags());
                 match kind {
-                    KIND_RECV | KIND_WAKE if terminal => self.armed = self.armed.saturating_sub(1),
+                    KIND_RECV | KIND_WAKE | KIND_STREAM if terminal => self.armed = self.armed.saturating_sub(1),
                     KIND_SEND => pending_sends = pending_sends.saturating_sub(1),
                     _ => {}
                 }

@@ -1049,6 +1049,7 @@ impl World {
             let from = match t.local {
                 Local::Public(_) => addr(PUBLIC),
                 Local::Internal => addr(INTERNAL),
+                Local::Conn(_) | Local::Connect(_) => panic!("the simulation speaks UDP only: {:?}", t.local),
             };
             self.send(from, t.dst, t.payload);
         }
