@@ -37,8 +37,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const THREADS: [usize; 3] = [1, 2, 4];
 
-/// `load_balance` calls that found no room (never expected: every thread
-/// holds at most one call, far below the capacities).
+/// `load_balance` calls refused although every destination has room (each
+/// thread holds at most one call, far below the capacities): only
+/// compare-and-swap retries running out under contention can cause that.
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
 /// A table from `(group, capacity)` pairs, one destination each, offering
@@ -54,6 +55,14 @@ fn table(dests: &[(u32, u32)]) -> Table {
     }
     let c = Config::parse(&text).expect("bench config");
     Table::new(&c.destinations, &c.resource_names)
+}
+
+/// Reports (and resets) the refusals counted since the last call.
+fn report_refused(case: &str, n: usize) {
+    let refused = REFUSED.swap(0, Ordering::Relaxed);
+    if refused > 0 {
+        eprintln!("load_counters/{case}/{n}: {refused} load_balance calls refused (Full) with room left");
+    }
 }
 
 fn first(_: usize) -> usize {
@@ -160,6 +169,7 @@ fn load_counters(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("same_dest", n), &n, |b, &n| {
             b.iter_custom(|iters| concurrent(&same, n, iters, |_| 1))
         });
+        report_refused("same_dest", n);
     }
 
     let own = table(&(1..=max as u32).map(|g| (g, 1_000_000)).collect::<Vec<_>>());
@@ -167,6 +177,7 @@ fn load_counters(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("own_dest", n), &n, |b, &n| {
             b.iter_custom(|iters| concurrent(&own, n, iters, |i| i as u32 + 1))
         });
+        report_refused("own_dest", n);
     }
 
     let caps: Vec<(u32, u32)> = (0..8).map(|i| (1, 400 + 100 * i)).collect();
@@ -181,13 +192,9 @@ fn load_counters(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("select8", n), &n, |b, &n| {
             b.iter_custom(|iters| concurrent(&select, n, iters, |_| 1))
         });
+        report_refused("select8", n);
     }
     g.finish();
-
-    let refused = REFUSED.load(Ordering::Relaxed);
-    if refused > 0 {
-        eprintln!("load_counters: {refused} load_balance calls refused under contention");
-    }
 }
 
 criterion_group!(benches, load_counters);
