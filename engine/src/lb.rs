@@ -881,13 +881,28 @@ impl Table {
                     continue 'retry;
                 };
                 let cap = c.capacity();
-                let expected = seen[rid];
-                let fits = flags.negative || expected.saturating_add(c.remote()) < cap;
-                if !fits
-                    || c.load
-                        .compare_exchange(expected, expected + 1, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_err()
-                {
+                let mut current = seen[rid];
+                let acquired = loop {
+                    let fits = flags.negative || current.saturating_add(c.remote()) < cap;
+                    if !fits {
+                        break false;
+                    }
+                    match c
+                        .load
+                        .compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed)
+                    {
+                        Ok(_) => break true,
+                        // Another worker moved this counter since the scan:
+                        // the choice rests on a slightly older view, as any
+                        // concurrent choice does. Take the unit while it
+                        // still fits; going back to the scan instead could
+                        // end in a false "full" under contention (the
+                        // load_counters bench saw ~1 in 10^5 picks refused
+                        // that way with room left).
+                        Err(now) => current = now,
+                    }
+                };
+                if !acquired {
                     self.release(Hold {
                         dest: idx,
                         generation: d.generation,
