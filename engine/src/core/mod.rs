@@ -99,6 +99,7 @@
 
 #![forbid(unsafe_code)]
 
+mod dialog_info;
 pub mod msg;
 pub mod replica;
 pub mod slab;
@@ -118,6 +119,7 @@ use siplb_parser::{scan_datagram, Message, Method};
 use crate::config::{Action, Config};
 use crate::dispatch::{Algorithm, Candidate, DispatchFlags, MAX_CANDIDATES};
 use crate::lb::{Flags, Hold, LbError, ResourceSet, Table, Tried, MAX_TRIES};
+use dialog_info::{DialogInfo, Field};
 use msg::{BranchId, DialogId};
 use replica::{Adopted, Confirmed, DialogEvent};
 use slab::{Key, Slab};
@@ -361,7 +363,7 @@ enum End {
 pub const DIALOG_SIZE: usize = std::mem::size_of::<Dialog>() + 8;
 
 /// A tracked dialog. Small and fixed-size (see [`DIALOG_SIZE`]), plus the
-/// boxed [`DialogInfo`].
+/// boxed [`DialogInfo`] (what `dlg_list` shows and `dlg_end` needs).
 #[derive(Debug)]
 struct Dialog {
     state: DialogState,
@@ -369,33 +371,6 @@ struct Dialog {
     call_id: u64,
     expires: Instant,
     info: Box<DialogInfo>,
-}
-
-/// What `dlg_list` shows and `dlg_end` needs to send BYEs: copied once from
-/// the INVITE and once from its 2xx.
-#[derive(Debug)]
-struct DialogInfo {
-    start: Instant,
-    call_id: Vec<u8>,
-    /// The From header value (with the caller's tag).
-    from: Vec<u8>,
-    /// The To header value (with the callee's tag once confirmed).
-    to: Vec<u8>,
-    from_tag: Vec<u8>,
-    to_tag: Vec<u8>,
-    caller_contact: Vec<u8>,
-    callee_contact: Vec<u8>,
-    /// Route set towards the caller (the INVITE's Record-Route, in order).
-    caller_routes: Vec<Vec<u8>>,
-    /// Route set towards the callee (the 2xx's Record-Route above ours, reversed).
-    callee_routes: Vec<Vec<u8>>,
-    /// Socket and address the INVITE came from.
-    caller: (Local, SocketAddr),
-    /// Where the INVITE went, and over which transport.
-    callee: Option<(SocketAddr, Transport)>,
-    /// Highest CSeq seen from each side.
-    caller_cseq: u32,
-    callee_cseq: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -550,22 +525,7 @@ impl Proxy {
         // record carries (its Call-ID hash, load and lifetime); the caller
         // and callee of siplb's own BYEs are unknown (dlg_end releases the
         // load and sends nothing).
-        let info = DialogInfo {
-            start: now,
-            call_id: Vec::new(),
-            from: Vec::new(),
-            to: Vec::new(),
-            from_tag: Vec::new(),
-            to_tag: Vec::new(),
-            caller_contact: Vec::new(),
-            callee_contact: Vec::new(),
-            caller_routes: Vec::new(),
-            callee_routes: Vec::new(),
-            caller: (Local::Internal, SocketAddr::from(([0, 0, 0, 0], 0))),
-            callee: None,
-            caller_cseq: 0,
-            callee_cseq: 0,
-        };
+        let info = DialogInfo::new(now, (Local::Internal, SocketAddr::from(([0, 0, 0, 0], 0))), 0);
         let dialog = Dialog {
             state: DialogState::Confirmed,
             hold: Some(hold),
@@ -689,7 +649,7 @@ impl Proxy {
                 let list = self
                     .dialogs
                     .iter()
-                    .filter(|(_, d)| want.map_or(true, |(h, c)| d.call_id == h && d.info.call_id == c))
+                    .filter(|(_, d)| want.map_or(true, |(h, c)| d.call_id == h && d.info.text(Field::CallId) == c))
                     .map(|(k, d)| self.view(now, k, d))
                     .collect();
                 ControlReply::Dialogs(list)
@@ -699,7 +659,7 @@ impl Proxy {
                 let keys: Vec<Key> = self
                     .dialogs
                     .iter()
-                    .filter(|(_, d)| d.call_id == h && d.info.call_id == call_id)
+                    .filter(|(_, d)| d.call_id == h && d.info.text(Field::CallId) == call_id)
                     .map(|(k, _)| k)
                     .collect();
                 for &k in &keys {
@@ -723,13 +683,13 @@ impl Proxy {
             index: k.index,
             generation: k.generation,
             confirmed: d.state == DialogState::Confirmed,
-            call_id: text(&i.call_id),
-            from_uri: uri(&i.from),
-            to_uri: uri(&i.to),
-            from_tag: text(&i.from_tag),
-            to_tag: text(&i.to_tag),
-            caller_contact: text(&i.caller_contact),
-            callee_contact: text(&i.callee_contact),
+            call_id: text(i.text(Field::CallId)),
+            from_uri: uri(i.text(Field::From)),
+            to_uri: uri(i.text(Field::To)),
+            from_tag: text(i.text(Field::FromTag)),
+            to_tag: text(i.text(Field::ToTag)),
+            caller_contact: text(i.text(Field::CallerContact)),
+            callee_contact: text(i.text(Field::CalleeContact)),
             hold: d.hold,
             destination: i.callee.map(|(addr, _)| addr),
             age: now.saturating_duration_since(i.start),
@@ -765,34 +725,38 @@ impl Proxy {
             }
             return;
         }
-        let i = &d.info;
+        // The admin path only: a copy, since ending the dialog frees it.
+        let i = d.info.clone();
+        self.end_dialog(k, End::Admin);
+        use Field::{CallId, CalleeContact, CalleeRoutes, CallerContact, CallerRoutes, From, To};
         let callee = i.callee.map(|(dst, transport)| {
+            let cseq = i.caller_cseq.saturating_add(1);
             (
                 Local::outbound(transport),
                 dst,
-                i.callee_contact.clone(),
-                i.callee_routes.clone(),
-                i.from.clone(),
-                i.to.clone(),
-                i.caller_cseq.saturating_add(1),
+                CalleeContact,
+                CalleeRoutes,
+                From,
+                To,
+                cseq,
             )
         });
         let caller = (
             i.caller.0,
             i.caller.1,
-            i.caller_contact.clone(),
-            i.caller_routes.clone(),
-            i.to.clone(),
-            i.from.clone(),
+            CallerContact,
+            CallerRoutes,
+            To,
+            From,
             i.callee_cseq.saturating_add(1),
         );
-        let call_id = i.call_id.clone();
-        self.end_dialog(k, End::Admin);
         for (local, dst, ruri, routes, from, to, cseq) in callee.into_iter().chain([caller]) {
+            let ruri = i.text(ruri);
             if ruri.is_empty() {
                 continue;
             }
-            self.send_local_bye(now, local, dst, &ruri, &routes, &from, &to, &call_id, cseq);
+            let (routes, from, to, call_id) = (i.text(routes), i.text(from), i.text(to), i.text(CallId));
+            self.send_local_bye(now, local, dst, ruri, routes, from, to, call_id, cseq);
         }
     }
 
@@ -805,7 +769,7 @@ impl Proxy {
         local: Local,
         dst: SocketAddr,
         ruri: &[u8],
-        routes: &[Vec<u8>],
+        routes: &[u8],
         from: &[u8],
         to: &[u8],
         call_id: &[u8],
@@ -1197,23 +1161,20 @@ impl Proxy {
         caller: (Local, SocketAddr),
     ) -> Option<Key> {
         let lifetime = self.cfg.timers.dialog_lifetime;
-        let header = |name: &[u8]| m.header(name).map(|h| h.value.to_vec()).unwrap_or_default();
-        let info = DialogInfo {
-            start: now,
-            call_id: m.call_id().to_vec(),
-            from: header(b"From"),
-            to: header(b"To"),
-            from_tag: m.from_tag().unwrap_or_default().to_vec(),
-            to_tag: Vec::new(),
-            caller_contact: m.contacts().next().map(|c| c.uri.to_vec()).unwrap_or_default(),
-            callee_contact: Vec::new(),
-            caller_routes: m.record_route_values().map(<[u8]>::to_vec).collect(),
-            callee_routes: Vec::new(),
-            caller,
-            callee: None,
-            caller_cseq: m.cseq().seq,
-            callee_cseq: 0,
-        };
+        let header = |name: &[u8]| m.header(name).map_or(&b""[..], |h| h.value);
+        let (call_id, from, to) = (m.call_id(), header(b"From"), header(b"To"));
+        let from_tag = m.from_tag().unwrap_or_default();
+        let contact = m.contacts().next().map_or(&b""[..], |c| c.uri);
+        let routes = m.header(b"Record-Route").map_or(0, |h| h.value.len() * 2);
+        let room = call_id.len() + from.len() + to.len() + from_tag.len() + contact.len() + routes;
+        let mut info = DialogInfo::new(now, caller, room);
+        info.set(Field::CallId, call_id);
+        info.set(Field::From, from);
+        info.set(Field::To, to);
+        info.set(Field::FromTag, from_tag);
+        info.set(Field::CallerContact, contact);
+        info.set_routes(Field::CallerRoutes, m.record_route_values());
+        info.caller_cseq = m.cseq().seq;
         let dialog = Dialog {
             state: DialogState::Early,
             hold,
@@ -1298,7 +1259,8 @@ impl Proxy {
 
     fn in_dialog(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>) {
         let is_ack = method == Method::Ack;
-        let first = m.route_values().next().and_then(msg::RouteMark::parse);
+        let mut routes = m.route_values();
+        let first = routes.next().and_then(msg::RouteMark::parse);
         let ours = first.as_ref().is_some_and(|r| r.is_ours(&self.ours));
         if !ours {
             if is_ack {
@@ -1341,41 +1303,32 @@ impl Proxy {
         if let Some(dl) = dialog.and_then(|k| self.dialogs.get_mut(k)) {
             // The highest CSeq of each side, for the BYEs of dlg_end.
             let seq = m.cseq().seq;
-            if m.from_tag() == Some(dl.info.from_tag.as_slice()) {
+            if m.from_tag() == Some(dl.info.text(Field::FromTag)) {
                 dl.info.caller_cseq = dl.info.caller_cseq.max(seq);
             } else {
                 dl.info.callee_cseq = dl.info.callee_cseq.max(seq);
             }
         }
         // After a double Record-Route both values are ours; the last one
-        // removed faces the next hop and names its transport.
-        let own = if m
-            .route_values()
-            .nth(1)
-            .is_some_and(|r| msg::route_is_ours(r, &self.ours))
-        {
-            2
+        // removed faces the next hop and names its transport. Each Route
+        // value is parsed once.
+        let second_value = routes.next();
+        let second = second_value.and_then(msg::RouteMark::parse);
+        let double = second.is_some_and(|r| r.is_ours(&self.ours));
+        let (own, facing, next) = if double {
+            let next = match routes.next() {
+                Some(v) => msg::RouteMark::parse(v),
+                None => m.request_uri().and_then(msg::RouteMark::parse_uri),
+            };
+            (2, second.and_then(|r| r.transport), next)
         } else {
-            1
+            let next = match second_value {
+                Some(_) => second,
+                None => m.request_uri().and_then(msg::RouteMark::parse_uri),
+            };
+            (1, first.and_then(|r| r.transport), next)
         };
-        let facing = m
-            .route_values()
-            .nth(usize::from(own) - 1)
-            .and_then(|r| siplb_parser::NameAddr::parse(r).ok())
-            .and_then(|na| siplb_parser::Uri::parse(na.uri).ok())
-            .and_then(|u| Transport::of_uri(&u));
-        let next_uri = match m.route_values().nth(usize::from(own)) {
-            Some(r) => siplb_parser::NameAddr::parse(r).ok().map(|na| na.uri),
-            None => m.request_uri(),
-        };
-        let next = next_uri.and_then(|u| {
-            let transport = siplb_parser::Uri::parse(u)
-                .ok()
-                .and_then(|u| Transport::of_uri(&u))
-                .or(facing)
-                .unwrap_or_default();
-            Some((msg::uri_addr(u)?, transport))
-        });
+        let next = next.and_then(|r| Some((r.hop?, r.transport.or(facing).unwrap_or_default())));
         let Some((dst, transport)) = next else {
             Stats::inc(&self.stats.drop_unroutable);
             if !is_ack {
@@ -2092,15 +2045,16 @@ impl Proxy {
             d.state = DialogState::Confirmed;
             d.expires = now + lifetime;
             let info = &mut d.info;
-            info.to = ok.header(b"To").map(|h| h.value.to_vec()).unwrap_or_default();
-            info.to_tag = ok.to_tag().unwrap_or_default().to_vec();
-            info.callee_contact = ok.contacts().next().map(|c| c.uri.to_vec()).unwrap_or_default();
+            info.set(Field::To, ok.header(b"To").map_or(&b""[..], |h| h.value));
+            info.set(Field::ToTag, ok.to_tag().unwrap_or_default());
+            info.set(Field::CalleeContact, ok.contacts().next().map_or(&b""[..], |c| c.uri));
             // Record-Route in the 2xx: [proxies towards the callee..., ours,
             // proxies towards the caller...]; towards the callee, the ones
-            // above ours, nearest first.
-            let rr: Vec<&[u8]> = ok.record_route_values().collect();
-            if let Some(ours) = rr.iter().position(|r| msg::route_is_ours(r, &self.ours)) {
-                info.callee_routes = rr[..ours].iter().rev().map(|r| r.to_vec()).collect();
+            // above ours, nearest first (usually none: no allocation then).
+            let ours = ok.record_route_values().position(|r| msg::route_is_ours(r, &self.ours));
+            if let Some(ours @ 1..) = ours {
+                let rr: Vec<&[u8]> = ok.record_route_values().take(ours).collect();
+                info.set_routes(Field::CalleeRoutes, rr.into_iter().rev());
             }
             info.callee = Some(callee);
             Stats::dec(&self.stats.early_dialogs);

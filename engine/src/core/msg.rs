@@ -379,13 +379,14 @@ pub fn cancel_for(sent: &Message<'_>) -> Vec<u8> {
 
 /// A BYE siplb sends on its own (admin `dlg_end`): `via` is the sent-by
 /// part of its Via (`SIP/2.0/UDP host:port`), `routes` the route set
-/// towards that side, in order.
+/// towards that side as one `Route` value (entries joined by `", "`, in
+/// order; empty: no Route).
 #[allow(clippy::too_many_arguments)]
 pub fn bye(
     via: &[u8],
     branch: &[u8],
     ruri: &[u8],
-    routes: &[Vec<u8>],
+    routes: &[u8],
     from: &[u8],
     to: &[u8],
     call_id: &[u8],
@@ -399,8 +400,8 @@ pub fn bye(
     out.extend_from_slice(b";branch=");
     out.extend_from_slice(branch);
     out.extend_from_slice(b";rport\r\n");
-    for r in routes {
-        line(&mut out, b"Route", r);
+    if !routes.is_empty() {
+        line(&mut out, b"Route", routes);
     }
     out.extend_from_slice(b"Max-Forwards: 70\r\n");
     line(&mut out, b"From", from);
@@ -473,13 +474,18 @@ fn memchr_nl(s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == b'\n')
 }
 
-/// True when the request's top Route names one of `ours` (host and port).
-/// What the core needs of a Route value: where it points and siplb's
-/// dialog mark, from one parse.
+/// What the core needs of a Route value (or a Request-URI): where it
+/// points, over which transport, and siplb's dialog mark, from one parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteMark {
-    /// The address of the URI (IP hosts only).
+    /// The address of the URI (IP hosts only; port 5060 when absent), to
+    /// compare with siplb's own addresses.
     pub addr: Option<SocketAddr>,
+    /// Where to send to: as `addr`, with the default port of the URI's
+    /// transport when absent (5061 for `sips:` and `;transport=tls`).
+    pub hop: Option<SocketAddr>,
+    /// The transport the URI names, if it names one.
+    pub transport: Option<super::Transport>,
     /// The `did` parameter, when it decodes.
     pub dialog: Option<DialogId>,
 }
@@ -488,9 +494,18 @@ impl RouteMark {
     /// Parses a Route value; `None` when it is not a name-addr with a URI.
     pub fn parse(value: &[u8]) -> Option<RouteMark> {
         let na = siplb_parser::NameAddr::parse(value).ok()?;
-        let u = Uri::parse(na.uri).ok()?;
+        RouteMark::parse_uri(na.uri)
+    }
+
+    /// Parses a bare URI (a Request-URI).
+    pub fn parse_uri(uri: &[u8]) -> Option<RouteMark> {
+        let u = Uri::parse(uri).ok()?;
+        let transport = super::Transport::of_uri(&u);
+        let ip = host_ip(u.host);
         Some(RouteMark {
-            addr: host_ip(u.host).map(|ip| SocketAddr::new(ip, u.port.unwrap_or(5060))),
+            addr: ip.map(|ip| SocketAddr::new(ip, u.port.unwrap_or(5060))),
+            hop: ip.map(|ip| SocketAddr::new(ip, u.port.unwrap_or(transport.unwrap_or_default().default_port()))),
+            transport,
             dialog: u.param(DIALOG_PARAM).flatten().and_then(DialogId::decode),
         })
     }
@@ -501,6 +516,7 @@ impl RouteMark {
     }
 }
 
+/// True when a Route value names one of `ours` (host and port).
 pub fn route_is_ours(value: &[u8], ours: &[SocketAddr]) -> bool {
     let Ok(na) = siplb_parser::NameAddr::parse(value) else {
         return false;
