@@ -126,15 +126,19 @@ stats! {
     tcp_drop_send,
 }
 
+// A worker's counters have exactly one writer, the worker's thread (its
+// proxy, sockets and connections), so an increment is a plain load and
+// store: no locked read-modify-write on every datagram. Readers (admin,
+// metrics) see each value whole, at worst one update late.
 impl Stats {
-    /// Adds one.
+    /// Adds one. Only the owning worker's thread may write.
     pub fn inc(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
-    /// Subtracts one, saturating.
+    /// Subtracts one, saturating. Only the owning worker's thread may write.
     pub fn dec(counter: &AtomicU64) {
-        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        counter.store(counter.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed);
     }
 
     /// Reads.
