@@ -1,6 +1,7 @@
 //! The message view: offsets recorded by the scan, and total accessors.
 
 use crate::addr::NameAddr;
+use crate::error::{Error, ErrorKind};
 use crate::header::{HeaderKind, Method};
 use crate::via::Via;
 use crate::{MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
@@ -232,15 +233,16 @@ impl<'a> Message<'a> {
         self.vias.as_slice().len()
     }
 
-    /// All Via values, top first.
+    /// All Via values, top first, parsed. The scan checked the top one (and
+    /// the second of a response); the others are parsed here, and the
+    /// iteration stops before the first one that does not parse (see
+    /// [`Message::validate_all`]). [`Message::via_values`] has them all, raw.
     pub fn vias(&self) -> impl Iterator<Item = Via<'a>> + '_ {
         let buf = self.buf;
-        let top = self.top_via;
-        self.vias.as_slice().iter().map(move |v| {
-            // Every Via value was parsed during the scan; parsing again
-            // cannot fail, and the fallback only keeps this total.
-            Via::parse(&buf[v.span.range()]).unwrap_or(top)
-        })
+        self.vias
+            .as_slice()
+            .iter()
+            .map_while(move |v| Via::parse(&buf[v.span.range()]).ok())
     }
 
     /// The raw Via values, top first.
@@ -248,7 +250,9 @@ impl<'a> Message<'a> {
         Values::new(self.buf, self.vias.as_slice())
     }
 
-    /// The Route values, in order.
+    /// The Route values, in order, parsed. The scan checked the first one;
+    /// the iteration stops before the first one that is not a bracketed
+    /// name-addr (see [`Message::validate_all`]).
     pub fn routes(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
         addresses(self.buf, self.routes.as_slice())
     }
@@ -258,7 +262,9 @@ impl<'a> Message<'a> {
         Values::new(self.buf, self.routes.as_slice())
     }
 
-    /// The Record-Route values, in order.
+    /// The Record-Route values, in order, parsed here (the scan only splits
+    /// them); the iteration stops before the first one that is not a
+    /// bracketed name-addr (see [`Message::validate_all`]).
     pub fn record_routes(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
         addresses(self.buf, self.record_routes.as_slice())
     }
@@ -266,6 +272,27 @@ impl<'a> Message<'a> {
     /// The raw Record-Route values, in order.
     pub fn record_route_values(&self) -> Values<'a, '_> {
         Values::new(self.buf, self.record_routes.as_slice())
+    }
+
+    /// Checks what the scan leaves for later: every Via value parses as a
+    /// [`Via`] ([`ErrorKind::BadVia`]) and every Route and Record-Route
+    /// value is a bracketed [`NameAddr`] ([`ErrorKind::BadRoute`]). The
+    /// error's offset is in the scanned buffer, as the scan's are. With
+    /// this, a message is held to what the scan alone checked before these
+    /// values were made lazy.
+    pub fn validate_all(&self) -> Result<(), Error> {
+        let at = |v: &ValueRef, kind| Error::new(kind, self.skipped as usize + v.span.start as usize);
+        for v in self.vias.as_slice() {
+            if Via::parse(&self.buf[v.span.range()]).is_err() {
+                return Err(at(v, ErrorKind::BadVia));
+            }
+        }
+        for v in self.routes.as_slice().iter().chain(self.record_routes.as_slice()) {
+            if !crate::scan::is_route(&self.buf[v.span.range()]) {
+                return Err(at(v, ErrorKind::BadRoute));
+            }
+        }
+        Ok(())
     }
 
     /// Max-Forwards, if present.
@@ -391,7 +418,7 @@ where
     'a: 'm,
 {
     list.iter()
-        .filter_map(move |v| NameAddr::parse(&buf[v.span.range()]).ok())
+        .map_while(move |v| NameAddr::parse(&buf[v.span.range()]).ok().filter(|a| a.bracketed))
 }
 
 /// Iterator over header lines.

@@ -98,6 +98,7 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
     };
     let start_line = parse_start_line(&buf[start..content_end], start)?;
     let start_line_span = Span::new(start, content_end);
+    let response = matches!(start_line, StartLine::Response { .. });
 
     let mut m = Message {
         buf,
@@ -165,9 +166,15 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
         match entry.kind {
             HeaderKind::Via => {
                 for (a, b) in CommaSplit::new(value) {
-                    let via = Via::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadVia, vstart + a))?;
-                    if m.vias.len == 0 {
-                        m.top_via = via;
+                    // Eagerly: the top Via (every message), and the second
+                    // of a response (where a proxy relays it). The others
+                    // are parsed when asked for.
+                    let n = m.vias.len;
+                    if n == 0 || (n == 1 && response) {
+                        let via = Via::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadVia, vstart + a))?;
+                        if n == 0 {
+                            m.top_via = via;
+                        }
                     }
                     push_value(
                         &mut m.vias,
@@ -185,11 +192,12 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
                 } else {
                     &mut m.record_routes
                 };
-                for (a, b) in CommaSplit::new(value) {
-                    // Route and Record-Route take the name-addr form only.
-                    let bad = Error::new(ErrorKind::BadRoute, vstart + a);
-                    if !NameAddr::parse(&value[a..b]).map_err(|_| bad)?.bracketed {
-                        return Err(bad);
+                let top_route = entry.kind == HeaderKind::Route && list.len == 0;
+                for (i, (a, b)) in CommaSplit::new(value).enumerate() {
+                    // Eagerly only the top Route (the one a proxy may own);
+                    // the others, and Record-Route, are parsed when asked for.
+                    if top_route && i == 0 && !is_route(&value[a..b]) {
+                        return Err(Error::new(ErrorKind::BadRoute, vstart + a));
                     }
                     push_value(
                         list,
@@ -283,6 +291,11 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
     m.body_start = body_start as u16;
     m.len = end as u16;
     Ok(m)
+}
+
+/// Route and Record-Route take the name-addr form only.
+pub(crate) fn is_route(value: &[u8]) -> bool {
+    NameAddr::parse(value).is_ok_and(|a| a.bracketed)
 }
 
 #[derive(Default)]
