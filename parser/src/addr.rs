@@ -49,7 +49,7 @@ impl<'a> NameAddr<'a> {
         if let Some(inner) = rest.strip_prefix(b"<") {
             let gt = memchr::memchr(b'>', inner).ok_or(bad)?;
             let uri = lex::trim(&inner[..gt]);
-            if uri.is_empty() || uri.iter().any(|&b| b <= b' ') {
+            if uri.is_empty() || lex::has_space_or_control(uri) {
                 return Err(bad);
             }
             let params = lex::trim(&inner[gt + 1..]);

@@ -66,10 +66,12 @@ pub(crate) fn scan<'a>(input: &'a [u8], options: &Options, stream: bool) -> Resu
         .ok_or(Error::new(ErrorKind::Empty, 0))?;
     // Everything below is relative to the start line; errors are shifted
     // back to offsets in `input` on the way out.
-    match scan_message(&input[skipped..], options, stream, skipped as u32) {
-        Ok(m) => Ok(m),
-        Err(e) => Err(Error::new(e.kind, e.offset + skipped)),
+    // Fixed up in place: re-wrapping the Ok value would copy the view.
+    let mut result = scan_message(&input[skipped..], options, stream, skipped as u32);
+    if let Err(e) = &mut result {
+        e.offset += skipped;
     }
+    result
 }
 
 #[inline(always)]
@@ -211,7 +213,7 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
             }
             HeaderKind::CallId => {
                 once(&mut seen.call_id, vstart)?;
-                if value.is_empty() || value.iter().any(|&b| lex::is_lws(b) || b < b' ') {
+                if value.is_empty() || lex::has_space_or_control(value) {
                     return Err(Error::new(ErrorKind::BadCallId, vstart));
                 }
                 m.call_id = value;
@@ -412,7 +414,7 @@ fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
         return Err(Error::new(ErrorKind::BadMethod, at));
     }
     let uri = &line[sp1 + 1..sp2];
-    if uri.is_empty() || uri.iter().any(|&b| b <= b' ') {
+    if uri.is_empty() || lex::has_space_or_control(uri) {
         return Err(Error::new(ErrorKind::BadRequestUri, at + sp1 + 1));
     }
     let version = &line[sp2 + 1..];

@@ -166,7 +166,7 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s.iter().position(|&b| !is_host_char(b)).unwrap_or(s.len());
+    let end = s.iter().position(|&b| !crate::lex::is_host_char(b)).unwrap_or(s.len());
     let host = &s[..end];
     if host.is_empty()
         || !matches!(
@@ -177,11 +177,6 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     Some((host, &s[end..]))
-}
-
-#[inline]
-fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
 }
 
 #[cfg(test)]
