@@ -263,14 +263,22 @@ impl<'a> Iterator for Params<'a> {
 /// (SWAR) is cheaper for them.
 #[inline]
 pub(crate) fn find_lf(s: &[u8], from: usize) -> Option<usize> {
+    find_byte(s, from, b'\n')
+}
+
+/// Offset of the first `byte` at or after `from`, eight bytes at a time
+/// (see [`find_lf`]; for the short strings inside a header value this is
+/// cheaper than a call to `memchr`).
+#[inline]
+pub(crate) fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let pattern = ONES * u64::from(byte);
     let mut i = from;
     while i + 8 <= s.len() {
         let mut chunk = [0u8; 8];
         chunk.copy_from_slice(&s[i..i + 8]);
-        let x = u64::from_le_bytes(chunk) ^ LF;
+        let x = u64::from_le_bytes(chunk) ^ pattern;
         // The lowest flagged byte is exactly the first zero byte of x.
         let zero = x.wrapping_sub(ONES) & !x & HIGH;
         if zero != 0 {
@@ -279,7 +287,7 @@ pub(crate) fn find_lf(s: &[u8], from: usize) -> Option<usize> {
         i += 8;
     }
     while i < s.len() {
-        if s[i] == b'\n' {
+        if s[i] == byte {
             return Some(i);
         }
         i += 1;
