@@ -160,11 +160,11 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
         if count >= max_headers {
             return Err(Error::new(ErrorKind::TooManyHeaders, line_start));
         }
-        let entry = header_line(buf, line_start, value_end, next)?;
+        let (entry, value_span) = header_line(buf, line_start, value_end, next)?;
         m.headers[count] = entry;
         m.header_count += 1;
-        let value = &buf[entry.value.range()];
-        let vstart = entry.value.start as usize;
+        let value = &buf[value_span.range()];
+        let vstart = value_span.start as usize;
         match entry.kind {
             HeaderKind::Via => {
                 for (a, b) in CommaSplit::new(value) {
@@ -356,7 +356,7 @@ fn push_value<const N: usize>(
 
 /// Splits `name HCOLON value` (RFC 3261 §7.3.1).
 #[inline]
-fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<HeaderEntry, Error> {
+fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<(HeaderEntry, Span), Error> {
     let line = &buf[start..value_end];
     let bad = Error::new(ErrorKind::BadHeader, start);
     // One pass over the name: token characters, then optional blanks, then ':'.
@@ -376,12 +376,16 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
     while b > a && lex::is_lws(line[b - 1]) {
         b -= 1;
     }
-    Ok(HeaderEntry {
+    let entry = HeaderEntry {
         kind: HeaderKind::classify(&line[..name_end]),
-        line: Span::new(start, next),
-        name: Span::new(start, start + name_end),
-        value: Span::new(start + a, start + b),
-    })
+        gap: u8::try_from(a - name_end).unwrap_or(u8::MAX),
+        start: start as u16,
+        name_end: (start + name_end) as u16,
+        end: next as u16,
+    };
+    let value = Span::new(start + a, start + b);
+    debug_assert_eq!(entry.value(buf), value);
+    Ok((entry, value))
 }
 
 fn parse_cseq(v: &[u8]) -> Option<CSeq<'_>> {

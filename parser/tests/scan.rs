@@ -534,6 +534,44 @@ fn values_below_the_top_are_checked_lazily() {
 }
 
 #[test]
+fn header_values_are_found_again_from_the_index() {
+    let long_gap = format!("X-Gap{}:{}gap value  ", " ".repeat(200), " \t".repeat(100));
+    let folded_gap = format!("X-Fold:\r\n{}\r\n folded value\r\n\tcontinued ", " ".repeat(300));
+    let buf = msg(
+        &[
+            "OPTIONS sip:x SIP/2.0",
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+            "From: <sip:a@h>;tag=1",
+            "To: <sip:x>",
+            "Call-ID: c",
+            "CSeq: 1 OPTIONS",
+            "X-Empty:",
+            "X-Blank:   ",
+            "Max-Forwards :\t 70 ",
+            &long_gap,
+            &folded_gap,
+        ],
+        "",
+    );
+    let m = scan_datagram(&buf).unwrap();
+    let values: Vec<&[u8]> = m.headers().skip(5).map(|h| h.value).collect();
+    assert_eq!(
+        values,
+        [
+            &b""[..],
+            b"",
+            b"70",
+            b"gap value",
+            format!("{}\r\n folded value\r\n\tcontinued", " ".repeat(300))
+                .trim_start()
+                .as_bytes(),
+        ]
+    );
+    assert_eq!(m.header(b"x-gap").unwrap().name, b"X-Gap");
+    assert_eq!(m.max_forwards(), Some(70));
+}
+
+#[test]
 fn error_offsets_point_at_the_problem() {
     let buf = msg(
         &[
