@@ -79,6 +79,24 @@ pub(crate) fn has_space_or_control(s: &[u8]) -> bool {
     chunks.remainder().iter().any(|&b| b <= b' ')
 }
 
+/// [`has_space_or_control`], or DEL (0x7f), in one pass.
+#[inline]
+pub(crate) fn has_space_control_or_del(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        let del = x ^ (ONES * 0x7f);
+        if (x.wrapping_sub(ONES * 0x21) & !x | del.wrapping_sub(ONES) & !del) & HIGH != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b <= b' ' || b == 0x7f)
+}
+
 /// Linear white space as it appears inside a (possibly folded) header value.
 pub(crate) const fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -357,6 +375,11 @@ mod tests {
                 for len in [i + 1, s.len()] {
                     let part = &s[..len];
                     assert_eq!(has_space_or_control(part), part.iter().any(|&c| c <= b' '), "{part:?}");
+                    assert_eq!(
+                        has_space_control_or_del(part),
+                        part.iter().any(|&c| c <= b' ' || c == 0x7f),
+                        "{part:?}"
+                    );
                 }
                 s[i] = old;
             }

@@ -52,7 +52,7 @@ impl<'a> Uri<'a> {
             },
         };
         let rest = &s[colon + 1..];
-        if rest.is_empty() || lex::has_space_or_control(rest) || lex::find_byte(rest, 0, 0x7f).is_some() {
+        if rest.is_empty() || lex::has_space_control_or_del(rest) {
             return Err(bad);
         }
         if scheme == Scheme::Tel {
