@@ -37,7 +37,7 @@ impl<'a> NameAddr<'a> {
             let end = lex::closing_quote(s, 0).ok_or(bad)?;
             (Some(&s[..=end]), &s[end + 1..])
         } else {
-            match memchr::memchr(b'<', s) {
+            match lex::find_byte(s, 0, b'<') {
                 None => (None, s),
                 Some(lt) => {
                     let name = lex::trim(&s[..lt]);
@@ -47,9 +47,9 @@ impl<'a> NameAddr<'a> {
         };
         let rest = lex::trim(after_name);
         if let Some(inner) = rest.strip_prefix(b"<") {
-            let gt = memchr::memchr(b'>', inner).ok_or(bad)?;
+            let gt = lex::find_byte(inner, 0, b'>').ok_or(bad)?;
             let uri = lex::trim(&inner[..gt]);
-            if uri.is_empty() || uri.iter().any(|&b| b <= b' ') {
+            if uri.is_empty() || lex::has_space_or_control(uri) {
                 return Err(bad);
             }
             let params = lex::trim(&inner[gt + 1..]);

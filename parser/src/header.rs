@@ -7,6 +7,10 @@ use crate::lex;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum HeaderKind {
+    /// Any header the scanner does not know. First, so that it is the zero
+    /// value: the scan's empty header index is then plain zeroed memory.
+    #[default]
+    Other,
     Via,
     Route,
     RecordRoute,
@@ -31,8 +35,6 @@ pub enum HeaderKind {
     RequestDisposition,
     Identity,
     Expires,
-    #[default]
-    Other,
 }
 
 impl HeaderKind {

@@ -22,6 +22,81 @@ static TOKEN: [bool; 256] = {
     t
 };
 
+/// Characters of a host name (RFC 3261 `hostname`, plus `_` as seen in
+/// the wild): alphanum and `-._`.
+#[inline]
+pub(crate) const fn is_host_char(b: u8) -> bool {
+    HOST[b as usize]
+}
+
+static HOST: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_');
+        i += 1;
+    }
+    t
+};
+
+/// Characters of an unquoted Via parameter value: token, and the `:[]` of
+/// IPv6 addresses in `received`/`maddr`.
+#[inline]
+pub(crate) const fn is_via_param_value(b: u8) -> bool {
+    VIA_PARAM[b as usize]
+}
+
+static VIA_PARAM: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = TOKEN[i] || matches!(b, b':' | b'[' | b']');
+        i += 1;
+    }
+    t
+};
+
+/// True when `s` holds a byte at or below SP (white space, line breaks,
+/// control characters). Eight bytes at a time: a URI or a Call-ID is
+/// 20-60 bytes long and this runs for several per message.
+#[inline]
+pub(crate) fn has_space_or_control(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        // A flag for every byte below 0x21 (bytes of 0x80 and up, whose
+        // top bit is set in x, are never flagged).
+        if x.wrapping_sub(ONES * 0x21) & !x & HIGH != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b <= b' ')
+}
+
+/// [`has_space_or_control`], or DEL (0x7f), in one pass.
+#[inline]
+pub(crate) fn has_space_control_or_del(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        let x = u64::from_le_bytes(w);
+        let del = x ^ (ONES * 0x7f);
+        if (x.wrapping_sub(ONES * 0x21) & !x | del.wrapping_sub(ONES) & !del) & HIGH != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b <= b' ' || b == 0x7f)
+}
+
 /// Linear white space as it appears inside a (possibly folded) header value.
 pub(crate) const fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
@@ -206,14 +281,22 @@ impl<'a> Iterator for Params<'a> {
 /// (SWAR) is cheaper for them.
 #[inline]
 pub(crate) fn find_lf(s: &[u8], from: usize) -> Option<usize> {
+    find_byte(s, from, b'\n')
+}
+
+/// Offset of the first `byte` at or after `from`, eight bytes at a time
+/// (see [`find_lf`]; for the short strings inside a header value this is
+/// cheaper than a call to `memchr`).
+#[inline]
+pub(crate) fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let pattern = ONES * u64::from(byte);
     let mut i = from;
     while i + 8 <= s.len() {
         let mut chunk = [0u8; 8];
         chunk.copy_from_slice(&s[i..i + 8]);
-        let x = u64::from_le_bytes(chunk) ^ LF;
+        let x = u64::from_le_bytes(chunk) ^ pattern;
         // The lowest flagged byte is exactly the first zero byte of x.
         let zero = x.wrapping_sub(ONES) & !x & HIGH;
         if zero != 0 {
@@ -222,7 +305,7 @@ pub(crate) fn find_lf(s: &[u8], from: usize) -> Option<usize> {
         i += 8;
     }
     while i < s.len() {
-        if s[i] == b'\n' {
+        if s[i] == byte {
             return Some(i);
         }
         i += 1;
@@ -281,6 +364,28 @@ pub(crate) fn eq_lower(a: &[u8], lower: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_space_or_control_matches_a_plain_search() {
+        let mut s = *b"sip:alice@atlanta.example.com:5060;transport=udp";
+        for i in 0..s.len() {
+            for b in 0..=255u8 {
+                let old = s[i];
+                s[i] = b;
+                for len in [i + 1, s.len()] {
+                    let part = &s[..len];
+                    assert_eq!(has_space_or_control(part), part.iter().any(|&c| c <= b' '), "{part:?}");
+                    assert_eq!(
+                        has_space_control_or_del(part),
+                        part.iter().any(|&c| c <= b' ' || c == 0x7f),
+                        "{part:?}"
+                    );
+                }
+                s[i] = old;
+            }
+        }
+        assert!(!has_space_or_control(b""));
+    }
 
     #[test]
     fn find_lf_matches_a_plain_search() {

@@ -28,17 +28,32 @@
 //! method and a Request-URI without white space, or `SIP/2.0 SP 3DIGIT SP
 //! reason` with a code in 100..=699). Every header line has a token name and
 //! a colon. The mandatory headers Via, Call-ID, CSeq, From and To are present;
-//! Call-ID, CSeq, From, To and Max-Forwards appear at most once. Every Via
-//! value parses as a [`Via`], every Route and Record-Route value as a
-//! bracketed [`NameAddr`], From and To as [`NameAddr`], CSeq as a
-//! number below 2^31 and a method equal to the request method, Max-Forwards
-//! as a number in 0..=255, Content-Length as a number. The counts of headers,
-//! Via values and Route/Record-Route values are within [`Limits`], and the
-//! message is at most [`Limits::max_message_size`] bytes.
+//! Call-ID, CSeq, From, To and Max-Forwards appear at most once. The top
+//! Via value parses as a [`Via`] (in a response, the second one too: it is
+//! where a proxy relays the response), the first Route value as a bracketed
+//! [`NameAddr`], From and To as [`NameAddr`], CSeq as a number below 2^31
+//! and a method equal to the request method, Max-Forwards as a number in
+//! 0..=255, Content-Length as a number. Via, Route and Record-Route values
+//! are all split (commas inside quotes and `<...>` do not split) and
+//! counted: the counts of headers, Via values and Route/Record-Route values
+//! are within [`Limits`], and the message is at most
+//! [`Limits::max_message_size`] bytes.
 //!
-//! **What it does not check.** Contact values are split and parsed only
-//! when [`Message::contacts`] is called (a proxy relays them untouched);
-//! values that do not parse are skipped there. URIs (the Request-URI and those inside
+//! **What it checks only when asked (lazily).** The other Via values (below
+//! the top one, or the top two of a response), the other Route values and
+//! all Record-Route values are parsed when an accessor asks for them, as
+//! Kamailio and OpenSIPS do: a proxy relays them untouched.
+//! [`Message::vias`], [`Message::routes`] and [`Message::record_routes`]
+//! stop before the first value that does not parse;
+//! [`Message::via_values`], [`Message::route_values`] and
+//! [`Message::record_route_values`] return every value raw, checked or not
+//! (copy them, do not interpret them, unless you parse them yourself);
+//! [`Message::validate_all`] checks them all, with the errors the scan
+//! would have given. Contact values are split and parsed only when
+//! [`Message::contacts`] is called; values that do not parse are skipped
+//! there.
+//!
+//! **What it does not check.** URIs (the Request-URI and those inside
 //! addresses) are not parsed by the scan: call [`Uri::parse`] when you need
 //! their parts. Header values other than those above are not validated
 //! (control characters in an unknown header pass). `%` escapes are not

@@ -1,6 +1,7 @@
 //! The message view: offsets recorded by the scan, and total accessors.
 
 use crate::addr::NameAddr;
+use crate::error::{Error, ErrorKind};
 use crate::header::{HeaderKind, Method};
 use crate::via::Via;
 use crate::{MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
@@ -29,16 +30,56 @@ impl Span {
     }
 }
 
-/// One header line as recorded by the scan.
+/// One header line as recorded by the scan, in 8 bytes (the index holds
+/// 64 of them and every scan zeroes it): the name and the line are kept,
+/// the value's bounds are found again from them when asked for.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct HeaderEntry {
     pub(crate) kind: HeaderKind,
-    /// From the first byte of the name to the byte after the line's LF
-    /// (including folded continuation lines).
-    pub(crate) line: Span,
-    pub(crate) name: Span,
-    /// The value, trimmed of leading and trailing white space.
-    pub(crate) value: Span,
+    /// From the end of the name to the start of the value (blanks, colon,
+    /// white space), or `u8::MAX` when that does not fit.
+    pub(crate) gap: u8,
+    /// The first byte of the name.
+    pub(crate) start: u16,
+    pub(crate) name_end: u16,
+    /// The byte after the line's LF (including folded continuation lines).
+    pub(crate) end: u16,
+}
+
+impl HeaderEntry {
+    /// From the first byte of the name to the byte after the line's LF.
+    pub(crate) fn line(&self) -> Span {
+        Span {
+            start: self.start,
+            end: self.end,
+        }
+    }
+
+    pub(crate) fn name(&self) -> Span {
+        Span {
+            start: self.start,
+            end: self.name_end,
+        }
+    }
+
+    /// The value, trimmed of leading and trailing white space (the line
+    /// break included). `buf` is the buffer the entry was scanned from.
+    pub(crate) fn value(&self, buf: &[u8]) -> Span {
+        let line = buf.get(self.line().range()).unwrap_or_default();
+        let name_len = usize::from(self.name_end - self.start);
+        let mut a = name_len + usize::from(self.gap);
+        if self.gap == u8::MAX {
+            // Blanks, the colon, white space.
+            a = crate::lex::find_byte(line, name_len, b':').map_or(line.len(), |c| c + 1);
+            a = crate::lex::skip_lws(line, a);
+        }
+        let mut b = line.len();
+        while b > a && crate::lex::is_lws(line[b - 1]) {
+            b -= 1;
+        }
+        let a = a.min(b);
+        Span::new(usize::from(self.start) + a, usize::from(self.start) + b)
+    }
 }
 
 /// One value of a multi-value header (Via, Route, Record-Route).
@@ -232,15 +273,16 @@ impl<'a> Message<'a> {
         self.vias.as_slice().len()
     }
 
-    /// All Via values, top first.
+    /// All Via values, top first, parsed. The scan checked the top one (and
+    /// the second of a response); the others are parsed here, and the
+    /// iteration stops before the first one that does not parse (see
+    /// [`Message::validate_all`]). [`Message::via_values`] has them all, raw.
     pub fn vias(&self) -> impl Iterator<Item = Via<'a>> + '_ {
         let buf = self.buf;
-        let top = self.top_via;
-        self.vias.as_slice().iter().map(move |v| {
-            // Every Via value was parsed during the scan; parsing again
-            // cannot fail, and the fallback only keeps this total.
-            Via::parse(&buf[v.span.range()]).unwrap_or(top)
-        })
+        self.vias
+            .as_slice()
+            .iter()
+            .map_while(move |v| Via::parse(&buf[v.span.range()]).ok())
     }
 
     /// The raw Via values, top first.
@@ -248,7 +290,9 @@ impl<'a> Message<'a> {
         Values::new(self.buf, self.vias.as_slice())
     }
 
-    /// The Route values, in order.
+    /// The Route values, in order, parsed. The scan checked the first one;
+    /// the iteration stops before the first one that is not a bracketed
+    /// name-addr (see [`Message::validate_all`]).
     pub fn routes(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
         addresses(self.buf, self.routes.as_slice())
     }
@@ -258,7 +302,9 @@ impl<'a> Message<'a> {
         Values::new(self.buf, self.routes.as_slice())
     }
 
-    /// The Record-Route values, in order.
+    /// The Record-Route values, in order, parsed here (the scan only splits
+    /// them); the iteration stops before the first one that is not a
+    /// bracketed name-addr (see [`Message::validate_all`]).
     pub fn record_routes(&self) -> impl Iterator<Item = NameAddr<'a>> + '_ {
         addresses(self.buf, self.record_routes.as_slice())
     }
@@ -266,6 +312,27 @@ impl<'a> Message<'a> {
     /// The raw Record-Route values, in order.
     pub fn record_route_values(&self) -> Values<'a, '_> {
         Values::new(self.buf, self.record_routes.as_slice())
+    }
+
+    /// Checks what the scan leaves for later: every Via value parses as a
+    /// [`Via`] ([`ErrorKind::BadVia`]) and every Route and Record-Route
+    /// value is a bracketed [`NameAddr`] ([`ErrorKind::BadRoute`]). The
+    /// error's offset is in the scanned buffer, as the scan's are. With
+    /// this, a message is held to what the scan alone checked before these
+    /// values were made lazy.
+    pub fn validate_all(&self) -> Result<(), Error> {
+        let at = |v: &ValueRef, kind| Error::new(kind, self.skipped as usize + v.span.start as usize);
+        for v in self.vias.as_slice() {
+            if Via::parse(&self.buf[v.span.range()]).is_err() {
+                return Err(at(v, ErrorKind::BadVia));
+            }
+        }
+        for v in self.routes.as_slice().iter().chain(self.record_routes.as_slice()) {
+            if !crate::scan::is_route(&self.buf[v.span.range()]) {
+                return Err(at(v, ErrorKind::BadRoute));
+            }
+        }
+        Ok(())
     }
 
     /// Max-Forwards, if present.
@@ -362,13 +429,13 @@ impl<'a> Message<'a> {
     /// matches its compact form, so `Via` finds `v:` lines).
     pub fn headers_named<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = Header<'a>> + 's {
         let kind = HeaderKind::classify(name);
-        self.headers().filter(move |h| {
-            if kind == HeaderKind::Other {
-                h.kind == HeaderKind::Other && h.name.eq_ignore_ascii_case(name)
-            } else {
-                h.kind == kind
-            }
-        })
+        let buf = self.buf;
+        self.entries()
+            .iter()
+            .filter(move |e| {
+                e.kind == kind && (kind != HeaderKind::Other || buf[e.name().range()].eq_ignore_ascii_case(name))
+            })
+            .map(move |e| header(buf, e))
     }
 
     /// The first header line named `name`, as [`Message::headers_named`].
@@ -378,7 +445,11 @@ impl<'a> Message<'a> {
 
     /// The header lines of a known kind.
     pub fn headers_of(&self, kind: HeaderKind) -> impl Iterator<Item = Header<'a>> + '_ {
-        self.headers().filter(move |h| h.kind == kind)
+        let buf = self.buf;
+        self.entries()
+            .iter()
+            .filter(move |e| e.kind == kind)
+            .map(move |e| header(buf, e))
     }
 
     pub(crate) fn entries(&self) -> &[HeaderEntry] {
@@ -391,7 +462,7 @@ where
     'a: 'm,
 {
     list.iter()
-        .filter_map(move |v| NameAddr::parse(&buf[v.span.range()]).ok())
+        .map_while(move |v| NameAddr::parse(&buf[v.span.range()]).ok().filter(|a| a.bracketed))
 }
 
 /// Iterator over header lines.
@@ -400,13 +471,17 @@ pub struct Headers<'a, 'm> {
     entries: core::slice::Iter<'m, HeaderEntry>,
 }
 
+fn header<'a>(buf: &'a [u8], e: &HeaderEntry) -> Header<'a> {
+    Header {
+        kind: e.kind,
+        name: &buf[e.name().range()],
+        value: &buf[e.value(buf).range()],
+    }
+}
+
 impl<'a> Headers<'a, '_> {
     fn header(&self, e: &HeaderEntry) -> Header<'a> {
-        Header {
-            kind: e.kind,
-            name: &self.buf[e.name.range()],
-            value: &self.buf[e.value.range()],
-        }
+        header(self.buf, e)
     }
 }
 

@@ -159,7 +159,7 @@ const MAX_CUTS: usize = 12;
 pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>, RewriteError> {
     let buf = msg.buf;
     let entries = msg.entries();
-    let line_of = |v: &ValueRef| entries[usize::from(v.header)].line;
+    let line_of = |v: &ValueRef| entries[usize::from(v.header)].line();
     // Where new lines go when there is no better place: after the last Via line.
     let after_vias = msg
         .vias
@@ -221,7 +221,7 @@ pub fn rewrite<'x>(msg: &Message<'x>, edits: &[Edit<'x>]) -> Result<Rewrite<'x>,
             }
             Edit::SetMaxForwards(n) => match msg.max_forwards {
                 Some((_, h)) => {
-                    let value = entries[usize::from(h)].value;
+                    let value = entries[usize::from(h)].value(buf);
                     add(value.start as usize, value.end as usize, [decimal(n), E, E, E])?;
                 }
                 None => add(after_vias, after_vias, [b"Max-Forwards: ", decimal(n), b"\r\n", E])?,
@@ -311,7 +311,7 @@ fn remove_first_value(msg: &Message<'_>, list: &[ValueRef]) -> Result<(usize, us
     match list.get(1) {
         Some(second) if second.header == first.header => Ok((first.span.start as usize, second.span.start as usize)),
         _ => {
-            let line = msg.entries()[usize::from(first.header)].line;
+            let line = msg.entries()[usize::from(first.header)].line();
             Ok((line.start as usize, line.end as usize))
         }
     }
@@ -355,7 +355,7 @@ impl Message<'_> {
     /// Offset of the first header line (after the start line's line break).
     pub(crate) fn start_line_end(&self) -> usize {
         match self.entries().first() {
-            Some(e) => e.line.start as usize,
+            Some(e) => e.start as usize,
             None => usize::from(self.body_start),
         }
     }

@@ -66,10 +66,12 @@ pub(crate) fn scan<'a>(input: &'a [u8], options: &Options, stream: bool) -> Resu
         .ok_or(Error::new(ErrorKind::Empty, 0))?;
     // Everything below is relative to the start line; errors are shifted
     // back to offsets in `input` on the way out.
-    match scan_message(&input[skipped..], options, stream, skipped as u32) {
-        Ok(m) => Ok(m),
-        Err(e) => Err(Error::new(e.kind, e.offset + skipped)),
+    // Fixed up in place: re-wrapping the Ok value would copy the view.
+    let mut result = scan_message(&input[skipped..], options, stream, skipped as u32);
+    if let Err(e) = &mut result {
+        e.offset += skipped;
     }
+    result
 }
 
 #[inline(always)]
@@ -98,6 +100,7 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
     };
     let start_line = parse_start_line(&buf[start..content_end], start)?;
     let start_line_span = Span::new(start, content_end);
+    let response = matches!(start_line, StartLine::Response { .. });
 
     let mut m = Message {
         buf,
@@ -157,17 +160,23 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
         if count >= max_headers {
             return Err(Error::new(ErrorKind::TooManyHeaders, line_start));
         }
-        let entry = header_line(buf, line_start, value_end, next)?;
+        let (entry, value_span) = header_line(buf, line_start, value_end, next)?;
         m.headers[count] = entry;
         m.header_count += 1;
-        let value = &buf[entry.value.range()];
-        let vstart = entry.value.start as usize;
+        let value = &buf[value_span.range()];
+        let vstart = value_span.start as usize;
         match entry.kind {
             HeaderKind::Via => {
                 for (a, b) in CommaSplit::new(value) {
-                    let via = Via::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadVia, vstart + a))?;
-                    if m.vias.len == 0 {
-                        m.top_via = via;
+                    // Eagerly: the top Via (every message), and the second
+                    // of a response (where a proxy relays it). The others
+                    // are parsed when asked for.
+                    let n = m.vias.len;
+                    if n == 0 || (n == 1 && response) {
+                        let via = Via::parse(&value[a..b]).map_err(|_| Error::new(ErrorKind::BadVia, vstart + a))?;
+                        if n == 0 {
+                            m.top_via = via;
+                        }
                     }
                     push_value(
                         &mut m.vias,
@@ -185,11 +194,12 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
                 } else {
                     &mut m.record_routes
                 };
-                for (a, b) in CommaSplit::new(value) {
-                    // Route and Record-Route take the name-addr form only.
-                    let bad = Error::new(ErrorKind::BadRoute, vstart + a);
-                    if !NameAddr::parse(&value[a..b]).map_err(|_| bad)?.bracketed {
-                        return Err(bad);
+                let top_route = entry.kind == HeaderKind::Route && list.len == 0;
+                for (i, (a, b)) in CommaSplit::new(value).enumerate() {
+                    // Eagerly only the top Route (the one a proxy may own);
+                    // the others, and Record-Route, are parsed when asked for.
+                    if top_route && i == 0 && !is_route(&value[a..b]) {
+                        return Err(Error::new(ErrorKind::BadRoute, vstart + a));
                     }
                     push_value(
                         list,
@@ -203,7 +213,7 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
             }
             HeaderKind::CallId => {
                 once(&mut seen.call_id, vstart)?;
-                if value.is_empty() || value.iter().any(|&b| lex::is_lws(b) || b < b' ') {
+                if value.is_empty() || lex::has_space_or_control(value) {
                     return Err(Error::new(ErrorKind::BadCallId, vstart));
                 }
                 m.call_id = value;
@@ -285,6 +295,11 @@ fn scan_message<'a>(buf: &'a [u8], options: &Options, stream: bool, skipped: u32
     Ok(m)
 }
 
+/// Route and Record-Route take the name-addr form only.
+pub(crate) fn is_route(value: &[u8]) -> bool {
+    NameAddr::parse(value).is_ok_and(|a| a.bracketed)
+}
+
 #[derive(Default)]
 struct Seen {
     call_id: bool,
@@ -341,7 +356,7 @@ fn push_value<const N: usize>(
 
 /// Splits `name HCOLON value` (RFC 3261 §7.3.1).
 #[inline]
-fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<HeaderEntry, Error> {
+fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<(HeaderEntry, Span), Error> {
     let line = &buf[start..value_end];
     let bad = Error::new(ErrorKind::BadHeader, start);
     // One pass over the name: token characters, then optional blanks, then ':'.
@@ -361,12 +376,16 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
     while b > a && lex::is_lws(line[b - 1]) {
         b -= 1;
     }
-    Ok(HeaderEntry {
+    let entry = HeaderEntry {
         kind: HeaderKind::classify(&line[..name_end]),
-        line: Span::new(start, next),
-        name: Span::new(start, start + name_end),
-        value: Span::new(start + a, start + b),
-    })
+        gap: u8::try_from(a - name_end).unwrap_or(u8::MAX),
+        start: start as u16,
+        name_end: (start + name_end) as u16,
+        end: next as u16,
+    };
+    let value = Span::new(start + a, start + b);
+    debug_assert_eq!(entry.value(buf), value);
+    Ok((entry, value))
 }
 
 fn parse_cseq(v: &[u8]) -> Option<CSeq<'_>> {
@@ -399,7 +418,7 @@ fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
         return Err(Error::new(ErrorKind::BadMethod, at));
     }
     let uri = &line[sp1 + 1..sp2];
-    if uri.is_empty() || uri.iter().any(|&b| b <= b' ') {
+    if uri.is_empty() || lex::has_space_or_control(uri) {
         return Err(Error::new(ErrorKind::BadRequestUri, at + sp1 + 1));
     }
     let version = &line[sp2 + 1..];

@@ -41,15 +41,18 @@ impl<'a> Uri<'a> {
     /// surrounding white space).
     pub fn parse(s: &'a [u8]) -> Result<Uri<'a>, Error> {
         let bad = Error::new(ErrorKind::BadUri, 0);
-        let colon = memchr::memchr(b':', s).ok_or(bad)?;
-        let scheme = match &s[..colon] {
-            x if lex::eq_ic(x, b"sip") => Scheme::Sip,
-            x if lex::eq_ic(x, b"sips") => Scheme::Sips,
-            x if lex::eq_ic(x, b"tel") => Scheme::Tel,
-            _ => return Err(bad),
+        // The scheme is the first four bytes (`sip:`, `tel:`) or five
+        // (`sips:`).
+        let (scheme, colon) = match s.get(..4) {
+            Some(x) if lex::eq_lower(x, b"sip:") => (Scheme::Sip, 3),
+            Some(x) if lex::eq_lower(x, b"tel:") => (Scheme::Tel, 3),
+            _ => match s.get(..5) {
+                Some(x) if lex::eq_lower(x, b"sips:") => (Scheme::Sips, 4),
+                _ => return Err(bad),
+            },
         };
         let rest = &s[colon + 1..];
-        if rest.is_empty() || rest.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        if rest.is_empty() || lex::has_space_control_or_del(rest) {
             return Err(bad);
         }
         if scheme == Scheme::Tel {
@@ -69,7 +72,7 @@ impl<'a> Uri<'a> {
         }
         // Headers start at the first '?', which cannot appear in the
         // userinfo, host or parameters.
-        let (main, headers) = match memchr::memchr(b'?', rest) {
+        let (main, headers) = match lex::find_byte(rest, 0, b'?') {
             Some(q) => (&rest[..q], &rest[q + 1..]),
             None => (rest, &[][..]),
         };
@@ -80,7 +83,7 @@ impl<'a> Uri<'a> {
                 if userinfo.is_empty() {
                     return Err(bad);
                 }
-                let (user, password) = match memchr::memchr(b':', userinfo) {
+                let (user, password) = match lex::find_byte(userinfo, 0, b':') {
                     Some(c) => (&userinfo[..c], Some(&userinfo[c + 1..])),
                     None => (userinfo, None),
                 };
@@ -94,7 +97,7 @@ impl<'a> Uri<'a> {
             Some(b';') => (None, after_host),
             Some(b':') => {
                 let p = &after_host[1..];
-                let end = memchr::memchr(b';', p).unwrap_or(p.len());
+                let end = lex::find_byte(p, 0, b';').unwrap_or(p.len());
                 let port = lex::parse_u32(&p[..end], 5)
                     .and_then(|n| u16::try_from(n).ok())
                     .ok_or(bad)?;
@@ -166,7 +169,7 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s.iter().position(|&b| !is_host_char(b)).unwrap_or(s.len());
+    let end = s.iter().position(|&b| !crate::lex::is_host_char(b)).unwrap_or(s.len());
     let host = &s[..end];
     if host.is_empty()
         || !matches!(
@@ -177,11 +180,6 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         return None;
     }
     Some((host, &s[end..]))
-}
-
-#[inline]
-fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
 }
 
 #[cfg(test)]
@@ -265,8 +263,23 @@ mod tests {
             b"sip:ho st",
             b"sip:user@",
             b"tel:",
+            b"sip:host\x7f",
+            b"sip:a@averylonghostname.example.com;x=\x7f",
+            b"sip:a@averylonghostname.example.com;x=\x01y",
+            b"sipx:host",
+            b"si:host",
+            b"s1p:host",
+            b"sip;host",
+            b"sips;host",
         ] {
             assert!(Uri::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for (good, scheme) in [
+            (&b"SIP:host"[..], Scheme::Sip),
+            (b"Sips:host", Scheme::Sips),
+            (b"TEL:+1234", Scheme::Tel),
+        ] {
+            assert_eq!(Uri::parse(good).map(|u| u.scheme), Ok(scheme));
         }
     }
 }

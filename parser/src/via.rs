@@ -129,7 +129,7 @@ impl<'a> Via<'a> {
                 if s.get(i) == Some(&b'"') {
                     i = lex::closing_quote(s, i).ok_or(bad)? + 1;
                 } else {
-                    while i < s.len() && is_param_value(s[i]) {
+                    while i < s.len() && lex::is_via_param_value(s[i]) {
                         i += 1;
                     }
                 }
@@ -231,13 +231,6 @@ fn protocol_slow(s: &[u8]) -> Option<(&[u8], usize)> {
 fn sent_by_host(s: &[u8], i: usize) -> Option<(&[u8], usize)> {
     let (host, _) = crate::uri::split_host(s.get(i..)?)?;
     Some((host, i + host.len()))
-}
-
-/// Characters of an unquoted via-param value: token, and the `:[]` of
-/// IPv6 addresses in `received`/`maddr`.
-#[inline]
-fn is_param_value(b: u8) -> bool {
-    lex::is_token(b) || matches!(b, b':' | b'[' | b']')
 }
 
 #[cfg(test)]

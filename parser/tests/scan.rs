@@ -424,9 +424,13 @@ fn invalid_messages_with_exact_errors() {
         (with(inv, Some((4, ""))), ErrorKind::MissingHeader(Mandatory::CSeq)),
         (with(inv, Some((0, "Via: SIP/2.0/UDP"))), ErrorKind::BadVia),
         (
-            with(inv, Some((0, "Via: SIP/2.0/UDP h;branch=z9hG4bK1, garbage"))),
+            with(
+                "SIP/2.0 200 OK",
+                Some((0, "Via: SIP/2.0/UDP h;branch=z9hG4bK1, garbage")),
+            ),
             ErrorKind::BadVia,
         ),
+        (with(inv, Some((5, "Route: junk, <sip:p2;lr>"))), ErrorKind::BadRoute),
         (with(inv, Some((1, "From: <sip:a@h"))), ErrorKind::BadFrom),
         (with(inv, Some((2, "To: \"x <sip:b@h>"))), ErrorKind::BadTo),
         (with(inv, Some((3, "Call-ID: has space"))), ErrorKind::BadCallId),
@@ -455,6 +459,116 @@ fn invalid_messages_with_exact_errors() {
     let buf = with(inv, Some((5, "Contact: \"x\" sip:bad, <sip:ok@h>")));
     let m = scan_datagram(&buf).unwrap();
     assert_eq!(m.contacts().map(|c| c.uri).collect::<Vec<_>>(), [&b"sip:ok@h"[..]]);
+}
+
+#[test]
+fn values_below_the_top_are_checked_lazily() {
+    let lines = |first: &str, extra: &[&str]| {
+        let mut l = vec![first];
+        l.extend_from_slice(extra);
+        l.extend(["From: <sip:a@h>;tag=1", "To: <sip:b@h>", "Call-ID: c", "CSeq: 1 INVITE"]);
+        msg(&l, "")
+    };
+    let offset_of = |buf: &[u8], needle: &[u8]| buf.windows(needle.len()).position(|w| w == needle).unwrap();
+
+    // A request: only the top Via is parsed by the scan.
+    let buf = lines(
+        "INVITE sip:b@h SIP/2.0",
+        &[
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK1, garbage",
+            "v: SIP/2.0/UDP g;branch=z9hG4bK0",
+        ],
+    );
+    let m = scan_datagram(&buf).unwrap();
+    assert_eq!(m.via_count(), 3);
+    assert_eq!(m.via_values().collect::<Vec<_>>()[1], b"garbage");
+    assert_eq!(m.vias().count(), 1, "vias() stops before the first bad value");
+    let e = m.validate_all().unwrap_err();
+    assert_eq!((e.kind, offset_of(&buf, b"garbage")), (ErrorKind::BadVia, e.offset));
+
+    // A response: the top two are parsed, the third is not.
+    let ok = "SIP/2.0 200 OK";
+    let via2 = "Via: SIP/2.0/UDP h;branch=z9hG4bK1, SIP/2.0/UDP p:5070;branch=z9hG4bK2";
+    assert_eq!(
+        kind_of(&lines(ok, &[via2.split(',').next().unwrap(), "Via: x"])),
+        ErrorKind::BadVia
+    );
+    let buf = lines(ok, &[via2, "Via: x"]);
+    let m = scan_datagram(&buf).unwrap();
+    assert_eq!(m.vias().map(|v| v.port).collect::<Vec<_>>(), [None, Some(5070)]);
+    assert_eq!(m.validate_all().unwrap_err().kind, ErrorKind::BadVia);
+
+    // Route: the first value; Record-Route: none.
+    let buf = lines(
+        "INVITE sip:b@h SIP/2.0",
+        &[
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+            "Route: <sip:p1;lr>, sip:p2;lr",
+            "Record-Route: <sip:r1;lr>, junk, <sip:r3;lr>",
+        ],
+    );
+    let m = scan_datagram(&buf).unwrap();
+    assert_eq!(m.route_values().len(), 2);
+    assert_eq!(m.routes().count(), 1, "an unbracketed value stops routes()");
+    assert_eq!(m.record_route_values().len(), 3);
+    assert_eq!(m.record_routes().count(), 1);
+    let e = m.validate_all().unwrap_err();
+    assert_eq!((e.kind, offset_of(&buf, b"sip:p2")), (ErrorKind::BadRoute, e.offset));
+    let buf = lines(
+        "INVITE sip:b@h SIP/2.0",
+        &["Via: SIP/2.0/UDP h;branch=z9hG4bK1", "Record-Route: junk"],
+    );
+    let e = scan_datagram(&buf).unwrap().validate_all().unwrap_err();
+    assert_eq!((e.kind, offset_of(&buf, b"junk")), (ErrorKind::BadRoute, e.offset));
+
+    // Offsets count the line breaks skipped before the start line.
+    let mut skipped = b"\r\n\r\n".to_vec();
+    skipped.extend_from_slice(&buf);
+    let e = scan_datagram(&skipped).unwrap().validate_all().unwrap_err();
+    assert_eq!(e.offset, offset_of(&skipped, b"junk"));
+
+    // All valid: the iterators hold every value.
+    let buf = f1_invite();
+    let m = scan_datagram(&buf).unwrap();
+    assert_eq!(m.validate_all(), Ok(()));
+}
+
+#[test]
+fn header_values_are_found_again_from_the_index() {
+    let long_gap = format!("X-Gap{}:{}gap value  ", " ".repeat(200), " \t".repeat(100));
+    let folded_gap = format!("X-Fold:\r\n{}\r\n folded value\r\n\tcontinued ", " ".repeat(300));
+    let buf = msg(
+        &[
+            "OPTIONS sip:x SIP/2.0",
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK1",
+            "From: <sip:a@h>;tag=1",
+            "To: <sip:x>",
+            "Call-ID: c",
+            "CSeq: 1 OPTIONS",
+            "X-Empty:",
+            "X-Blank:   ",
+            "Max-Forwards :\t 70 ",
+            &long_gap,
+            &folded_gap,
+        ],
+        "",
+    );
+    let m = scan_datagram(&buf).unwrap();
+    let values: Vec<&[u8]> = m.headers().skip(5).map(|h| h.value).collect();
+    assert_eq!(
+        values,
+        [
+            &b""[..],
+            b"",
+            b"70",
+            b"gap value",
+            format!("{}\r\n folded value\r\n\tcontinued", " ".repeat(300))
+                .trim_start()
+                .as_bytes(),
+        ]
+    );
+    assert_eq!(m.header(b"x-gap").unwrap().name, b"X-Gap");
+    assert_eq!(m.max_forwards(), Some(70));
 }
 
 #[test]

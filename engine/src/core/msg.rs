@@ -291,12 +291,14 @@ fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
 pub fn reply(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, to_tag: &[u8], extra: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
-    for (i, v) in req.vias().enumerate() {
+    // The top Via gets received/rport; the others are copied as they are
+    // (the scan parses only the top one of a request).
+    for (i, v) in req.via_values().enumerate() {
         out.extend_from_slice(b"Via: ");
         if i == 0 {
-            out.extend_from_slice(&via_for_reply(&v, src));
+            out.extend_from_slice(&via_for_reply(&req.top_via(), src));
         } else {
-            out.extend_from_slice(v.value);
+            out.extend_from_slice(v);
         }
         out.extend_from_slice(b"\r\n");
     }
