@@ -22,7 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{destination, port, scenarios, sipp_available, workdir, ServerConfig, Siplb, Sipp};
+use harness::{destination, port, scenarios, sipp_available, wait_until, workdir, ServerConfig, Siplb, Sipp};
+use serde_json::json;
 
 /// How long siplb may take to start and a statistic to reach its value.
 const WAIT: Duration = Duration::from_secs(10);
@@ -437,6 +438,15 @@ fn header_lines(msg: &str, name: &str) -> String {
         .collect()
 }
 
+/// A 200 to `request` (Via, From, To, Call-ID and CSeq copied).
+fn ok_to(request: &str) -> String {
+    let copied: String = ["Via", "From", "To", "Call-ID", "CSeq"]
+        .iter()
+        .map(|h| header_lines(request, h))
+        .collect();
+    format!("SIP/2.0 200 OK\r\n{copied}Content-Length: 0\r\n\r\n")
+}
+
 /// RFC 3261 §18.2.2: the caller's connection closes right after its
 /// INVITE; siplb sends the responses on a new connection to the Via's
 /// sent-by port, and the call goes on over that one.
@@ -479,6 +489,62 @@ fn responses_follow_the_via_when_the_connection_is_gone(io: &str, base: u16) {
     lb.assert_idle(WAIT, CONNECTIONS);
 }
 
+/// `dlg_end` on a confirmed bridged call (the caller on TCP, the backend
+/// on UDP: two Record-Route entries): siplb sends a BYE to each side,
+/// the caller's over the caller's own TCP connection (it listens on no
+/// other port), the backend's over UDP; both answer 200, and every load,
+/// dialog and connection gauge goes back to zero.
+fn dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend(io: &str, base: u16) {
+    let name = "dlg-end-bridged";
+    let lb = start(io, name, base, &[udp_dest(base + 11)], "");
+    // One call: the UAS exits once it has answered siplb's BYE.
+    let uas_args = ["-t", "u1", "-m", "1"];
+    let mut backend = Sipp::start(name, &scenarios().join("uas.xml"), base + 11, None, &uas_args);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let alice = Caller {
+        transport: "TCP",
+        sent_by: c.local_addr().unwrap().to_string(),
+        call_id: "dlg-end-bridged@127.0.0.1".into(),
+        from_tag: "de".into(),
+    };
+    let invite = alice.request("INVITE", &format!("sip:1234@127.0.0.1:{base}"), "de1", 1, "", &[]);
+    c.write_all(invite.as_bytes()).unwrap();
+    let ok = read_200(&mut c);
+    let rr = header_values(&ok, "Record-Route");
+    assert_eq!(rr.len(), 2, "a bridged call is record-routed twice: {rr:?}");
+    assert!(rr[1].contains("transport=tcp"), "the caller's side is TCP: {rr:?}");
+    let callee = Answer::of(&ok);
+    let ack = alice.request("ACK", &callee.target, "de2", 1, &callee.to_tag, &callee.routes);
+    c.write_all(ack.as_bytes()).unwrap();
+    wait_until(WAIT, "a confirmed dialog", || {
+        lb.call("dlg_list", json!([]))
+            .is_ok_and(|r| r["Dialogs"][0]["state"] == 4)
+    });
+    assert_eq!(lb.load(1), 1);
+    assert_eq!(lb.stat("dialog:active_dialogs"), 1);
+
+    assert_eq!(lb.call("dlg_end", json!([alice.call_id])).ok(), Some(json!("OK")));
+    // The caller's BYE: on the caller's connection, to its Contact, in
+    // the callee's name (From and To swapped).
+    let bye = read_sip(&mut c).expect("siplb's BYE to the caller on its TCP connection");
+    let contact = format!("BYE sip:alice@{};transport=tcp SIP/2.0", alice.sent_by);
+    assert!(bye.starts_with(&contact), "{bye}");
+    assert!(header_lines(&bye, "Via").starts_with("Via: SIP/2.0/TCP "), "{bye}");
+    assert!(header_lines(&bye, "Call-ID").contains(&alice.call_id), "{bye}");
+    assert_eq!(tag_of(&bye, "To"), alice.from_tag, "{bye}");
+    assert_eq!(format!(";tag={}", tag_of(&bye, "From")), callee.to_tag, "{bye}");
+    c.write_all(ok_to(&bye).as_bytes()).unwrap();
+    // The backend's BYE: SIPp (UDP only) answered it and ended its call.
+    assert!(
+        backend.finished(Duration::from_secs(20)),
+        "the UDP backend should get siplb's BYE"
+    );
+    drop(c);
+    lb.assert_idle(WAIT, CONNECTIONS);
+}
+
 macro_rules! both_io_raw {
     ($($name:ident = $base:expr;)*) => {
         mod raw_epoll {
@@ -498,6 +564,22 @@ macro_rules! both_io_raw {
             )*
         }
     };
+}
+
+mod dlg_end {
+    #[test]
+    fn epoll() {
+        if super::sipp_available() {
+            super::dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend("epoll", super::port(18940));
+        }
+    }
+
+    #[test]
+    fn io_uring() {
+        if super::sipp_available() {
+            super::dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend("io_uring", super::port(18960));
+        }
+    }
 }
 
 mod fallback {
