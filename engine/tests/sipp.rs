@@ -6,6 +6,7 @@
 //! status, then asks the admin API that every counter is back to zero.
 //! Skipped, with a message, when `sipp` (Debian `sip-tester`) is missing.
 
+#[macro_use]
 mod harness;
 
 use std::path::{Path, PathBuf};
@@ -270,39 +271,14 @@ fn distribution_relative_is_proportional_to_capacity(io: &str, base: u16) {
     assert_eq!(spread(io, "spread-rel", base, "r"), vec![5, 10, 15]);
 }
 
-/// Runs a test body on both I/O paths, on port ranges 50 apart.
-macro_rules! both_io {
-    ($($name:ident = $base:expr;)*) => {
-        mod epoll {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("epoll", super::port($base));
-                    }
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("io_uring", super::port($base + 50));
-                    }
-                }
-            )*
-        }
-    };
-}
-
 both_io! {
-    calls_through_siplb_to_two_backends = 21000;
-    failover_on_503 = 21100;
-    failover_when_a_backend_does_not_answer = 21400;
-    callee_hangs_up = 21500;
-    cancel_while_ringing = 21200;
-    local_answers = 21300;
-    distribution_absolute_equalises_free_channels = 21700;
-    distribution_relative_is_proportional_to_capacity = 21800;
+    epoll, io_uring;
+    calls_through_siplb_to_two_backends = 21000, if sipp_available();
+    failover_on_503 = 21100, if sipp_available();
+    failover_when_a_backend_does_not_answer = 21400, if sipp_available();
+    callee_hangs_up = 21500, if sipp_available();
+    cancel_while_ringing = 21200, if sipp_available();
+    local_answers = 21300, if sipp_available();
+    distribution_absolute_equalises_free_channels = 21700, if sipp_available();
+    distribution_relative_is_proportional_to_capacity = 21800, if sipp_available();
 }

@@ -14,6 +14,7 @@
 //! Skipped (with a message) when `sipp` is missing, except the raw-socket
 //! tests, which need nothing else.
 
+#[macro_use]
 mod harness;
 
 use std::io::{Read, Write};
@@ -192,36 +193,12 @@ fn callee_hangs_up_towards_a_tcp_caller(io: &str, base: u16) {
     lb.assert_idle(WAIT, CONNECTIONS);
 }
 
-macro_rules! both_io {
-    ($($name:ident = $base:expr;)*) => {
-        mod epoll {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("epoll", super::port($base));
-                    }
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("io_uring", super::port($base + 50));
-                    }
-                }
-            )*
-        }
-    };
-}
-
 both_io! {
-    tcp_caller_udp_backends = 18000;
-    udp_caller_tcp_backends = 18100;
-    tcp_per_call_both_sides = 18200;
-    callee_hangs_up_towards_a_tcp_caller = 18420;
+    epoll, io_uring;
+    tcp_caller_udp_backends = 18000, if sipp_available();
+    udp_caller_tcp_backends = 18100, if sipp_available();
+    tcp_per_call_both_sides = 18200, if sipp_available();
+    callee_hangs_up_towards_a_tcp_caller = 18420, if sipp_available();
 }
 
 // ---- raw sockets -----------------------------------------------------------
@@ -545,27 +522,6 @@ fn dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend(io: &str, base: u16) {
     lb.assert_idle(WAIT, CONNECTIONS);
 }
 
-macro_rules! both_io_raw {
-    ($($name:ident = $base:expr;)*) => {
-        mod raw_epoll {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name("epoll", super::port($base));
-                }
-            )*
-        }
-        mod raw_io_uring {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name("io_uring", super::port($base + 50));
-                }
-            )*
-        }
-    };
-}
-
 mod dlg_end {
     #[test]
     fn epoll() {
@@ -598,7 +554,8 @@ mod fallback {
     }
 }
 
-both_io_raw! {
+both_io! {
+    raw_epoll, raw_io_uring;
     message_in_pieces_and_keepalives = 18500;
     framing_errors_close_the_connection = 18600;
     many_silent_connections = 18700;
@@ -842,44 +799,9 @@ fn tls_client_certificates(io: &str, base: u16) {
     lb.assert_idle(WAIT, CONNECTIONS);
 }
 
-mod tls_epoll {
-    #[test]
-    fn tls_caller_udp_backend() {
-        if super::sipp_available() {
-            super::tls_caller_udp_backend("epoll", super::port(18300));
-        }
-    }
-
-    #[test]
-    fn udp_caller_tls_backend() {
-        if super::sipp_available() {
-            super::udp_caller_tls_backend("epoll", super::port(18400));
-        }
-    }
-
-    #[test]
-    fn tls_client_certificates() {
-        super::tls_client_certificates("epoll", super::port(18800));
-    }
-}
-
-mod tls_io_uring {
-    #[test]
-    fn tls_caller_udp_backend() {
-        if super::sipp_available() {
-            super::tls_caller_udp_backend("io_uring", super::port(18350));
-        }
-    }
-
-    #[test]
-    fn udp_caller_tls_backend() {
-        if super::sipp_available() {
-            super::udp_caller_tls_backend("io_uring", super::port(18450));
-        }
-    }
-
-    #[test]
-    fn tls_client_certificates() {
-        super::tls_client_certificates("io_uring", super::port(18850));
-    }
+both_io! {
+    tls_epoll, tls_io_uring;
+    tls_caller_udp_backend = 18300, if sipp_available();
+    udp_caller_tls_backend = 18400, if sipp_available();
+    tls_client_certificates = 18800;
 }

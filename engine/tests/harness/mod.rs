@@ -6,7 +6,7 @@
 //! how long something took. Processes are stopped when their handle is
 //! dropped, also when a test panics.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 mod siplb;
 mod sipp;
@@ -89,4 +89,37 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 /// when it never does.
 pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
     wait_for(limit, what, || ok().then_some(()))
+}
+
+/// Defines, for each `name = base`, a test `$epoll::name` that runs the
+/// test body `name("epoll", port(base))` and a test `$uring::name` that
+/// runs `name("io_uring", port(base + 50))`; with `, if needs`, both
+/// return at once (the body skipped) unless `needs` holds, e.g.
+/// `sipp_available()`. The generated modules see the including file's
+/// names (`use super::*`). Include the harness with `#[macro_use]`.
+macro_rules! both_io {
+    ($epoll:ident, $uring:ident; $($name:ident = $base:expr $(, if $needs:expr)?;)*) => {
+        mod $epoll {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    $(if !$needs { return; })?
+                    super::$name("epoll", port($base));
+                }
+            )*
+        }
+        mod $uring {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    $(if !$needs { return; })?
+                    super::$name("io_uring", port($base + 50));
+                }
+            )*
+        }
+    };
 }
