@@ -199,6 +199,7 @@ both_io! {
     udp_caller_tcp_backends = 18100, if sipp_available();
     tcp_per_call_both_sides = 18200, if sipp_available();
     callee_hangs_up_towards_a_tcp_caller = 18420, if sipp_available();
+    dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend = 18020, if sipp_available();
 }
 
 // ---- raw sockets -----------------------------------------------------------
@@ -520,22 +521,6 @@ fn dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend(io: &str, base: u16) {
     );
     drop(c);
     lb.assert_idle(WAIT, CONNECTIONS);
-}
-
-mod dlg_end {
-    #[test]
-    fn epoll() {
-        if super::sipp_available() {
-            super::dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend("epoll", super::port(18940));
-        }
-    }
-
-    #[test]
-    fn io_uring() {
-        if super::sipp_available() {
-            super::dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend("io_uring", super::port(18960));
-        }
-    }
 }
 
 mod fallback {
