@@ -115,14 +115,8 @@ fn tcp_caller_udp_backends(io: &str, base: u16) {
     let a = uas(name, "uas.xml", base + 11, "u1");
     let b = uas(name, "uas.xml", base + 12, "u1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(
-        name,
-        "uac.xml",
-        base,
-        base + 15,
-        "t1",
-        &["-m", "10", "-r", "20", "-d", "200"],
-    );
+    let args = ["-m", "10", "-r", "20", "-d", "200"];
+    let ok = uac(name, "uac.xml", base, base + 15, "t1", &args);
     assert!(ok, "SIPp UAC over TCP reported failed calls");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     assert_eq!(lb.stat("dialog:failed_dialogs"), 0);
@@ -137,14 +131,8 @@ fn udp_caller_tcp_backends(io: &str, base: u16) {
     let a = uas(name, "uas.xml", base + 11, "t1");
     let b = uas(name, "uas.xml", base + 12, "t1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(
-        name,
-        "uac.xml",
-        base,
-        base + 15,
-        "u1",
-        &["-m", "10", "-r", "20", "-d", "200"],
-    );
+    let args = ["-m", "10", "-r", "20", "-d", "200"];
+    let ok = uac(name, "uac.xml", base, base + 15, "u1", &args);
     assert!(ok, "calls to SIPp backends over TCP failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     // Connections to the backends are reused: at most one per worker each.
@@ -159,14 +147,8 @@ fn tcp_per_call_both_sides(io: &str, base: u16) {
     let lb = start(io, name, base, &[tcp_dest(base + 11)], "");
     let a = uas(name, "uas.xml", base + 11, "t1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(
-        name,
-        "uac.xml",
-        base,
-        base + 15,
-        "tn",
-        &["-m", "10", "-r", "20", "-d", "200", "-max_socket", "100"],
-    );
+    let args = ["-m", "10", "-r", "20", "-d", "200", "-max_socket", "100"];
+    let ok = uac(name, "uac.xml", base, base + 15, "tn", &args);
     assert!(ok, "SIPp UAC with one TCP connection per call failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     assert!(lb.stat("siplb:tcp_accepted") >= 10);
@@ -179,14 +161,8 @@ fn callee_hangs_up_towards_a_tcp_caller(io: &str, base: u16) {
     let lb = start(io, name, base, &[udp_dest(base + 11)], "");
     let a = uas(name, "uas_bye.xml", base + 11, "u1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(
-        name,
-        "uac_callee_bye.xml",
-        base,
-        base + 15,
-        "t1",
-        &["-m", "3", "-r", "5", "-l", "2"],
-    );
+    let args = ["-m", "3", "-r", "5", "-l", "2"];
+    let ok = uac(name, "uac_callee_bye.xml", base, base + 15, "t1", &args);
     assert!(ok, "calls ended by the UDP callee towards a TCP caller failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 3);
     drop(a);
@@ -742,14 +718,8 @@ fn udp_caller_tls_backend(io: &str, base: u16) {
         "",
     );
     let backend = tls_uas(&lb.dir, listener, 3);
-    let ok = uac(
-        name,
-        "uac.xml",
-        base,
-        base + 15,
-        "u1",
-        &["-m", "3", "-r", "10", "-d", "100"],
-    );
+    let args = ["-m", "3", "-r", "10", "-d", "100"];
+    let ok = uac(name, "uac.xml", base, base + 15, "u1", &args);
     let answered = backend.join().unwrap();
     assert!(ok, "UDP calls to a TLS backend failed ({answered} BYEs answered)");
     assert_eq!(answered, 3);
