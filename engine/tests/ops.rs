@@ -9,263 +9,74 @@
 //! with every load counter back at zero. The SIPp tests skip, saying so,
 //! when `sipp` (Debian `sip-tester`) is missing.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod harness;
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use harness::{destination, http, port, scenarios, sipp_available, wait_for, workdir, ServerConfig, Siplb, Sipp};
 use serde_json::{json, Value};
 
-fn sipp_available() -> bool {
-    let ok = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("skipping: sipp is not installed (Debian package sip-tester)");
-    }
-    ok
-}
-
-/// A test's base port, shifted by `SIPLB_TEST_PORT_OFFSET`.
-fn port(base: u16) -> u16 {
-    base + std::env::var("SIPLB_TEST_PORT_OFFSET")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn scenarios() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("siplb-ops-{name}-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&d);
-    d
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, for at most `secs`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One HTTP/1.1 request to the admin port; (status, body).
-fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<(u16, String)> {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut resp = String::new();
-    c.read_to_string(&mut resp).ok()?;
-    let status = resp.split(' ').nth(1)?.parse().ok()?;
-    Some((status, resp.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-/// A running siplb.
-struct Siplb {
-    child: Child,
-    admin: u16,
-    token: Option<String>,
-}
+/// How long every counter may take to go back to zero.
+const IDLE: Duration = Duration::from_secs(5);
 
 /// Destination `i` (id i+1) of a test: (port, resources, probe_mode).
 type Dest = (u16, &'static str, u8);
 
-impl Siplb {
-    /// `base`: listen port; base+1.. internal ports, base+9 admin.
-    /// `extra` is appended to the generated config's top sections.
-    fn start(name: &str, base: u16, dests: &[Dest], extra: &str, token: Option<&str>) -> Siplb {
-        let mut cfg = format!(
-            "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\n\
-             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"epoll\"\nlog_level = \"info\"\n\
-             [admin]\nlisten = \"127.0.0.1:{}\"\n{}\
-             [timers]\nfr_timeout = \"1s\"\nfr_inv_timeout = \"10s\"\n{extra}\n",
-            base + 1,
-            base + 9,
-            token.map(|t| format!("token = \"{t}\"\n")).unwrap_or_default(),
-        );
-        for (i, (port, res, mode)) in dests.iter().enumerate() {
-            cfg.push_str(&format!(
-                "[[destinations]]\nid = {}\ngroup = 1\nuri = \"sip:127.0.0.1:{port}\"\nresources = \"{res}\"\n\
-                 probe_mode = {mode}\n",
-                i + 1
-            ));
-        }
-        cfg.push_str(
-            "[[rules]]\nmethod = \"INVITE\"\nload_balance = { group = 1, resources = \"pstn\" }\n\
-             [[rules]]\nmethod = \"OPTIONS\"\nreply = { code = 200 }\n\
-             [[rules]]\nreply = { code = 405 }\n",
-        );
-        let dir = workdir(name);
-        let path = dir.join("siplb.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("siplb.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_siplb"))
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start siplb");
-        let s = Siplb {
-            child,
-            admin: base + 9,
-            token: token.map(String::from),
-        };
-        wait_for(10, "siplb up", || s.call("which", json!({})).ok());
-        s
+/// Starts siplb: listen `base`, internal ports base+1.., admin base+9
+/// (with `token` if given), `fr_timeout` 1 s; `extra` is appended to the
+/// generated config's top sections.
+fn start(name: &str, base: u16, dests: &[Dest], extra: &str, token: Option<&str>) -> Siplb {
+    let server = ServerConfig {
+        token: token.map(String::from),
+        fr_timeout: "1s".to_string(),
+        ..ServerConfig::new(base, "epoll")
+    };
+    let mut cfg = format!("{server}{extra}\n");
+    for (i, (port, res, mode)) in dests.iter().enumerate() {
+        let uri = format!("sip:127.0.0.1:{port}");
+        let extra = format!("resources = \"{res}\"\nprobe_mode = {mode}");
+        cfg.push_str(&destination(i as u32 + 1, 1, &uri, &extra));
     }
-
-    /// A JSON-RPC call: the result, or the error object.
-    fn call(&self, method: &str, params: Value) -> Result<Value, Value> {
-        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "1"}).to_string();
-        let (_, text) =
-            http(self.admin, "POST", "/mi", self.token.as_deref(), &body).ok_or_else(|| json!("no answer"))?;
-        let v: Value = serde_json::from_str(&text).map_err(|_| json!(text))?;
-        match v.get("result") {
-            Some(r) => Ok(r.clone()),
-            None => Err(v["error"].clone()),
-        }
-    }
-
-    fn rpc(&self, method: &str, params: Value) -> Value {
-        self.call(method, params)
-            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        let r = self.rpc("get_statistics", json!({"statistics": ["all"]}));
-        r[name].as_u64().unwrap_or_else(|| panic!("no statistic {name} in {r}"))
-    }
-
-    /// `lb_list` entry of destination `id`.
-    fn dest(&self, id: u64) -> Value {
-        let r = self.rpc("lb_list", json!([]));
-        r["Destinations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no destination {id} in {r}"))
-    }
-
-    fn load(&self, id: u64) -> u64 {
-        self.dest(id)["Resources"][0]["load"].as_u64().unwrap()
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http(self.admin, "GET", "/metrics", self.token.as_deref(), "").expect("scrape");
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    /// One sample's value from a scrape: `name{labels}` exactly as written.
-    fn sample(&self, series: &str) -> f64 {
-        let m = self.metrics();
-        m.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no sample {series} in\n{m}"))
-    }
-
-    /// Every load and live-dialog gauge back at zero.
-    fn assert_idle(&self) {
-        wait_for(5, "loads and dialogs back at zero", || {
-            let r = self.rpc("lb_list", json!([]));
-            let loads: u64 = r["Destinations"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|d| d["Resources"].as_array().unwrap().iter())
-                .map(|r| r["load"].as_u64().unwrap())
-                .sum();
-            (loads == 0 && self.stat("dialog:active_dialogs") == 0 && self.stat("dialog:early_dialogs") == 0)
-                .then_some(())
-        });
-    }
-}
-
-impl Drop for Siplb {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A SIPp process killed when dropped.
-struct Sipp(Child);
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    cfg.push_str(
+        "[[rules]]\nmethod = \"INVITE\"\nload_balance = { group = 1, resources = \"pstn\" }\n\
+         [[rules]]\nmethod = \"OPTIONS\"\nreply = { code = 200 }\n\
+         [[rules]]\nreply = { code = 405 }\n",
+    );
+    let mut lb = Siplb::spawn(&workdir(name), "siplb", &cfg, base + 9);
+    lb.token = token.map(String::from);
+    lb.wait_up(Duration::from_secs(10));
+    lb
 }
 
 /// A SIPp UAS that also answers OPTIONS (`-aa`), as a live backend does.
 fn uas(name: &str, port: u16) -> Sipp {
-    let child = Command::new("sipp")
-        .current_dir(workdir(name))
-        .arg("-sf")
-        .arg(scenarios().join("uas.xml"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-aa"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sipp uas");
-    Sipp(child)
+    Sipp::start(name, &scenarios().join("uas.xml"), port, None, &["-aa"])
 }
 
-/// Runs a SIPp UAC to completion: (successful, failed) calls, from its
-/// `-trace_stat` file.
+/// Runs a SIPp UAC to completion (at most 40 s): (successful, failed)
+/// calls, from its `-trace_stat` file.
 fn uac(name: &str, target: u16, port: u16, args: &[&str]) -> (u64, u64) {
-    let dir = workdir(name);
-    let stat = dir.join(format!("uac-{port}.csv"));
+    let stat = workdir(name).join(format!("uac-{port}.csv"));
     let _ = std::fs::remove_file(&stat);
-    let mut child = Command::new("sipp")
-        .current_dir(&dir)
-        .arg("-sf")
-        .arg(scenarios().join("uac.xml"))
-        .arg(format!("127.0.0.1:{target}"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-s", "1234", "-nostdin"])
-        .args(["-timeout", "30", "-timeout_error", "-trace_stat", "-fd", "1", "-stf"])
-        .arg(&stat)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sipp uac");
-    wait_for(40, "sipp uac to finish", || child.try_wait().ok().flatten());
+    let stat_arg = stat.to_string_lossy();
+    let common = [
+        "-s",
+        "1234",
+        "-timeout",
+        "30",
+        "-timeout_error",
+        "-trace_stat",
+        "-fd",
+        "1",
+        "-stf",
+    ];
+    let args = [&common[..], &[&stat_arg], args].concat();
+    let mut uac = Sipp::start(name, &scenarios().join("uac.xml"), port, Some(target), &args);
+    wait_for(Duration::from_secs(40), "sipp uac to finish", || {
+        uac.exit(Duration::ZERO)
+    });
     let text = std::fs::read_to_string(&stat).expect("sipp -trace_stat file");
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
@@ -291,7 +102,7 @@ fn probing_takes_a_stopped_backend_out_and_brings_it_back() {
     let (a_port, b_port) = (base + 11, base + 12);
     let mut a = Some(uas("probing", a_port));
     let _b = uas("probing", b_port);
-    let lb = Siplb::start(
+    let lb = start(
         "probing",
         base,
         &[(a_port, "pstn=100", 2), (b_port, "pstn=100", 2)],
@@ -299,11 +110,11 @@ fn probing_takes_a_stopped_backend_out_and_brings_it_back() {
         None,
     );
     // Both answer probes (SIPp -aa answers OPTIONS with 200).
-    wait_for(5, "both destinations probed ok", || {
+    wait_for(Duration::from_secs(5), "both destinations probed ok", || {
         (lb.dest(1)["last_probe"] == "ok 200" && lb.dest(2)["last_probe"] == "ok 200").then_some(())
     });
     let caller = std::thread::spawn(move || uac("probing", base, base + 15, &["-m", "60", "-r", "20", "-d", "500"]));
-    wait_for(10, "calls flowing", || {
+    wait_for(Duration::from_secs(10), "calls flowing", || {
         (lb.stat("dialog:processed_dialogs") >= 15).then_some(())
     });
     let changes = "siplb_destination_status_changes_total{group=\"1\",destination=\"1\",reason=\"probe\"}";
@@ -311,7 +122,7 @@ fn probing_takes_a_stopped_backend_out_and_brings_it_back() {
     drop(a.take());
     // Calls that were up on A when it stopped are the only ones allowed to fail.
     let in_flight = lb.load(1);
-    let down = wait_for(5, "A taken down by probing", || {
+    let down = wait_for(Duration::from_secs(5), "A taken down by probing", || {
         let d = lb.dest(1);
         (d["enabled"] == "no").then_some(d)
     });
@@ -330,14 +141,14 @@ fn probing_takes_a_stopped_backend_out_and_brings_it_back() {
     );
     // Back: restarted, it answers probes again and takes calls.
     let _a = uas("probing", a_port);
-    let up = wait_for(5, "A back up", || {
+    let up = wait_for(Duration::from_secs(5), "A back up", || {
         let d = lb.dest(1);
         (d["enabled"] == "yes").then_some(d)
     });
     assert_eq!(up["reason"], "probe", "{up}");
     assert_eq!(lb.sample("siplb_destination_up{group=\"1\",destination=\"1\"}"), 1.0);
     assert_eq!(lb.sample(changes), changes_before + 2.0, "one change down, one up");
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 /// Runs `siplb ctl ARGS...`: (exit success, stdout, stderr).
@@ -420,7 +231,7 @@ fn readme_families() -> Vec<(String, String)> {
 #[test]
 fn admin_api_as_opensips_cli_and_siplb_ctl_speak_it() {
     let base = port(15200);
-    let lb = Siplb::start("admin", base, &[(base + 11, "pstn=10", 0)], "", Some("s3cret"));
+    let lb = start("admin", base, &[(base + 11, "pstn=10", 0)], "", Some("s3cret"));
     // Without the token, or with a wrong one: 401, on /mi and /metrics.
     let which = r#"{"jsonrpc":"2.0","method":"which","params":{},"id":"1"}"#;
     assert_eq!(http(lb.admin, "POST", "/mi", None, which).unwrap().0, 401);
@@ -521,7 +332,7 @@ fn admin_api_as_opensips_cli_and_siplb_ctl_speak_it() {
         missing.is_empty() && stale.is_empty(),
         "README metrics table and /metrics differ:\n  not documented: {missing:?}\n  not exposed: {stale:?}"
     );
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 #[test]
@@ -532,7 +343,7 @@ fn operator_status_is_sticky_and_resize_moves_calls() {
     let base = port(15300);
     let _a = uas("sticky", base + 11);
     let _b = uas("sticky", base + 12);
-    let lb = Siplb::start(
+    let lb = start(
         "sticky",
         base,
         &[(base + 11, "pstn=10", 2), (base + 12, "pstn=10", 2)],
@@ -559,7 +370,7 @@ fn operator_status_is_sticky_and_resize_moves_calls() {
     // An operator disables 1: good probes do not bring it back.
     assert_eq!(lb.rpc("lb_status", json!(["1", "0"])), "OK");
     let seen = probes_ok(1);
-    wait_for(5, "two more good probes of destination 1", || {
+    wait_for(Duration::from_secs(5), "two more good probes of destination 1", || {
         (probes_ok(1) >= seen + 2.0).then_some(())
     });
     let d = lb.dest(1);
@@ -586,7 +397,7 @@ fn operator_status_is_sticky_and_resize_moves_calls() {
     assert_eq!((ok, failed), (6, 0));
     assert_eq!((calls(1), calls(2)), (c1 + 6.0, c2), "all calls on destination 1");
     assert_eq!(lb.dest(2)["Resources"][0]["max"], 0);
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 #[test]
@@ -652,7 +463,7 @@ fn opensips_cli() -> Option<PathBuf> {
 fn stock_opensips_cli_drives_siplb() {
     let Some(cli) = opensips_cli() else { return };
     let base = port(15400);
-    let lb = Siplb::start("opensips-cli", base, &[(base + 11, "pstn=10", 0)], "", None);
+    let lb = start("opensips-cli", base, &[(base + 11, "pstn=10", 0)], "", None);
     let url = format!("url=http://127.0.0.1:{}/mi", lb.admin);
     let run = |args: &[&str]| {
         let out = Command::new(&cli)
@@ -685,5 +496,5 @@ fn stock_opensips_cli_drives_siplb() {
         !ok && out.contains("new_status must be 0 (disable) or 1 (enable)"),
         "{out}"
     );
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }

@@ -12,6 +12,11 @@ use std::time::Duration;
 use harness::*;
 use serde_json::json;
 
+/// How long siplb may take to start and to reach each awaited state.
+const LIMIT: Duration = Duration::from_secs(20);
+/// How long a SIPp caller may take to finish its calls.
+const SIPP_LIMIT: Duration = Duration::from_secs(60);
+
 fn load_of(list: &[(u64, u64, u64, bool)], id: u64) -> (u64, u64, bool) {
     list.iter()
         .find(|d| d.0 == id)
@@ -26,15 +31,20 @@ fn reload_keeps_calls_in_progress_and_their_load() {
     }
     let base = port(17000);
     let (a, b, c) = (base + 11, base + 12, base + 13);
-    let lb = Siplb::start("keep", base, &config(base, &[(1, a, "pstn=10"), (2, b, "pstn=10")]));
+    let lb = Siplb::start(
+        "keep",
+        base,
+        &config(base, &[(1, a, "pstn=10"), (2, b, "pstn=10")]),
+        LIMIT,
+    );
     let _ua = uas("keep", a);
     let _ub = uas("keep", b);
     let _uc = uas("keep", c);
     std::thread::sleep(Duration::from_millis(200));
 
     // Six long calls: three on each destination (equal availability).
-    let first = uac("keep", base, base + 15, 6, 12_000);
-    lb.wait_for("six calls up", || {
+    let mut first = uac("keep", base, base + 15, 6, 12_000);
+    wait_until(LIMIT, "six calls up", || {
         let l = lb.list();
         load_of(&l, 1).0 == 3 && load_of(&l, 2).0 == 3
     });
@@ -42,7 +52,7 @@ fn reload_keeps_calls_in_progress_and_their_load() {
     // Reload: 1 kept (capacity 4, so 1 free), 2 removed (7 free if it were
     // eligible), 3 added with 5 free.
     std::fs::write(&lb.path, config(base, &[(3, c, "pstn=5"), (1, a, "pstn=4")])).unwrap();
-    let r = lb.result("lb_reload");
+    let r = lb.rpc("lb_reload", json!([]));
     assert_eq!(r["kept"], json!([1]), "{r}");
     assert_eq!(r["added"], json!([3]), "{r}");
     assert_eq!(r["removed"], json!([2]), "{r}");
@@ -54,17 +64,19 @@ fn reload_keeps_calls_in_progress_and_their_load() {
 
     // Two more long calls: 3 has the most room; 2 would have more but is
     // removed, so it must not get any.
-    let second = uac("keep", base, base + 16, 2, 4_000);
-    lb.wait_for("two new calls on destination 3", || load_of(&lb.list(), 3).0 == 2);
+    let mut second = uac("keep", base, base + 16, 2, 4_000);
+    wait_until(LIMIT, "two new calls on destination 3", || {
+        load_of(&lb.list(), 3).0 == 2
+    });
     let l = lb.list();
     assert_eq!(load_of(&l, 2).0, 3, "a removed destination took a new call: {l:?}");
     assert_eq!(load_of(&l, 1).0, 3);
 
     // Everything ends with BYE through siplb; the load goes back to zero
     // and the removed destination is freed.
-    assert!(second.success(), "calls after the reload failed");
-    assert!(first.success(), "calls held across the reload failed");
-    lb.wait_for("idle", || {
+    assert!(second.finished(SIPP_LIMIT), "calls after the reload failed");
+    assert!(first.finished(SIPP_LIMIT), "calls held across the reload failed");
+    wait_until(LIMIT, "idle", || {
         let l = lb.list();
         l.len() == 2 && l.iter().all(|d| d.1 == 0) && lb.stat("dialog:active_dialogs") == 0
     });
@@ -80,7 +92,7 @@ fn a_bad_config_is_refused_and_the_running_one_keeps_serving() {
     let base = port(17100);
     let a = base + 11;
     let good = config(base, &[(1, a, "pstn=10")]);
-    let lb = Siplb::start("bad", base, &good);
+    let lb = Siplb::start("bad", base, &good, LIMIT);
     let _ua = uas("bad", a);
     std::thread::sleep(Duration::from_millis(200));
 
@@ -88,18 +100,18 @@ fn a_bad_config_is_refused_and_the_running_one_keeps_serving() {
     let bad = good.replace("pstn=10", "pstn=ten");
     let line = bad.lines().position(|l| l.contains("pstn=ten")).unwrap() + 1;
     std::fs::write(&lb.path, &bad).unwrap();
-    let r = lb.rpc("lb_reload", json!([])).unwrap();
+    let r = lb.response("lb_reload", json!([])).unwrap();
     let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains(&format!("siplb.toml: line {line}")), "{r}");
     assert_eq!(load_of(&lb.list(), 1).1, 10);
 
     // The same by SIGHUP: logged, refused.
     lb.hangup();
-    lb.wait_for("the refusal in the log", || {
+    wait_until(LIMIT, "the refusal in the log", || {
         lb.log().contains("reload refused") && lb.log().contains("SIGHUP")
     });
     assert!(
-        uac("bad", base, base + 15, 2, 100).success(),
+        uac("bad", base, base + 15, 2, 100).finished(SIPP_LIMIT),
         "calls after a refused reload"
     );
 
@@ -107,8 +119,11 @@ fn a_bad_config_is_refused_and_the_running_one_keeps_serving() {
     let changed = config(base, &[(1, a, "pstn=7")]).replace(&format!("127.0.0.1:{base}\""), "127.0.0.1:1\"");
     std::fs::write(&lb.path, changed).unwrap();
     lb.hangup();
-    lb.wait_for("capacity 7", || load_of(&lb.list(), 1).1 == 7);
+    wait_until(LIMIT, "capacity 7", || load_of(&lb.list(), 1).1 == 7);
     assert!(lb.log().contains("server.listen"), "{}", lb.log());
-    assert!(uac("bad", base, base + 16, 2, 100).success(), "calls after SIGHUP");
-    lb.wait_for("idle", || lb.list().iter().all(|d| d.1 == 0));
+    assert!(
+        uac("bad", base, base + 16, 2, 100).finished(SIPP_LIMIT),
+        "calls after SIGHUP"
+    );
+    wait_until(LIMIT, "idle", || lb.list().iter().all(|d| d.1 == 0));
 }

@@ -6,233 +6,47 @@
 //! status, then asks the admin API that every counter is back to zero.
 //! Skipped, with a message, when `sipp` (Debian `sip-tester`) is missing.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+#[macro_use]
+mod harness;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use harness::{destination, port, scenarios, sipp_available, workdir, ServerConfig, Siplb, Sipp};
 
-fn sipp_available() -> bool {
-    let ok = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("skipping: sipp is not installed (Debian package sip-tester)");
+/// How long siplb may take to start.
+const UP: Duration = Duration::from_secs(10);
+/// How long the loads and dialog gauges may take to go back to zero.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Starts siplb (listen `base`, internal ports base+1.., admin base+9)
+/// with backends (port, resources) as destinations 1.. of group 1 and
+/// INVITEs to numbers load-balanced on `pstn` with `load_balance` flags.
+fn start(io: &str, name: &str, base: u16, dests: &[(u16, &str)], flags: &str) -> Siplb {
+    let mut cfg = ServerConfig::new(base, io).to_string();
+    for (i, (port, res)) in dests.iter().enumerate() {
+        let uri = format!("sip:127.0.0.1:{port}");
+        cfg.push_str(&destination(i as u32 + 1, 1, &uri, &format!("resources = \"{res}\"")));
     }
-    ok
-}
-
-fn scenarios() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
-}
-
-fn workdir(name: &str) -> PathBuf {
-    // The test's thread name tells the epoll and io_uring variants apart.
-    let thread = std::thread::current().name().unwrap_or("t").replace("::", "-");
-    let d = std::env::temp_dir().join(format!("siplb-sipp-{thread}-{name}-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&d);
-    d
-}
-
-/// A running siplb with its admin address.
-struct Siplb {
-    child: Child,
-    admin: u16,
-}
-
-impl Siplb {
-    /// `base`: listen port; base+1.. internal ports, base+9 admin.
-    fn start(io: &str, name: &str, base: u16, dests: &[(u16, &str)], extra: &str) -> Siplb {
-        Siplb::start_with_flags(io, name, base, dests, extra, "")
-    }
-
-    /// As [`Siplb::start`], with `load_balance` flags.
-    fn start_with_flags(io: &str, name: &str, base: u16, dests: &[(u16, &str)], extra: &str, flags: &str) -> Siplb {
-        let mut cfg = format!(
-            "[server]\nlisten = [\"127.0.0.1:{base}\"]\nworkers = 2\npin_cores = false\n\
-             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"{io}\"\nlog_level = \"info\"\n\
-             [admin]\nlisten = \"127.0.0.1:{}\"\n\
-             [timers]\nfr_timeout = \"2s\"\nfr_inv_timeout = \"10s\"\n{extra}\n",
-            base + 1,
-            base + 9
-        );
-        for (i, (port, res)) in dests.iter().enumerate() {
-            cfg.push_str(&format!(
-                "[[destinations]]\nid = {}\ngroup = 1\nuri = \"sip:127.0.0.1:{port}\"\nresources = \"{res}\"\n",
-                i + 1
-            ));
-        }
-        cfg.push_str(&format!(
-            "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\n\
-                 load_balance = {{ group = 1, resources = \"pstn\", flags = \"{flags}\" }}\n\
-                 [[rules]]\nmethod = \"OPTIONS\"\nreply = {{ code = 200 }}\n\
-                 [[rules]]\nreply = {{ code = 405 }}\n"
-        ));
-        let dir = workdir(name);
-        let path = dir.join("siplb.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("siplb.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_siplb"))
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start siplb");
-        let s = Siplb { child, admin: base + 9 };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.try_rpc("which", json!({})).is_none() {
-            assert!(Instant::now() < deadline, "siplb did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
-        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "1"}).to_string();
-        let mut c = TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            c,
-            "POST /mi HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        let mut resp = String::new();
-        c.read_to_string(&mut resp).ok()?;
-        let json = resp.split("\r\n\r\n").nth(1)?;
-        serde_json::from_str::<Value>(json).ok()?.get("result").cloned()
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        let r = self
-            .try_rpc("get_statistics", json!({"statistics": ["all"]}))
-            .expect("get_statistics");
-        r[name].as_u64().unwrap_or_else(|| panic!("no statistic {name} in {r}"))
-    }
-
-    fn loads(&self) -> Vec<u64> {
-        let r = self.try_rpc("lb_list", json!({})).expect("lb_list");
-        r["Destinations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|d| {
-                d["Resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r["load"].as_u64().unwrap())
-            })
-            .collect()
-    }
-
-    /// Every load and live-dialog gauge is zero.
-    fn assert_idle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let loads = self.loads();
-            let (a, e) = (self.stat("dialog:active_dialogs"), self.stat("dialog:early_dialogs"));
-            if loads.iter().all(|&l| l == 0) && a == 0 && e == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not idle: loads {loads:?}, active {a}, early {e}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Siplb {
-    fn drop(&mut self) {
-        // SIGTERM for a clean stop, then reap.
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A SIPp process killed when dropped.
-struct Sipp(Child);
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    cfg.push_str(&format!(
+        "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\n\
+         load_balance = {{ group = 1, resources = \"pstn\", flags = \"{flags}\" }}\n\
+         [[rules]]\nmethod = \"OPTIONS\"\nreply = {{ code = 200 }}\n\
+         [[rules]]\nreply = {{ code = 405 }}\n"
+    ));
+    Siplb::start(name, base, &cfg, UP)
 }
 
 /// Starts a SIPp UAS on `port` with a scenario file from tests/sipp.
 fn uas(name: &str, scenario: &str, port: u16) -> Sipp {
-    let dir = workdir(name);
-    let child = Command::new("sipp")
-        .current_dir(&dir)
-        .arg("-sf")
-        .arg(scenarios().join(scenario))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-nostdin", "-trace_err"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sipp uas");
-    Sipp(child)
+    Sipp::start(name, &scenarios().join(scenario), port, None, &[])
 }
 
-/// Runs a SIPp UAC to completion; true when every call succeeded.
+/// Runs a SIPp UAC to completion (at most 40 s); true when every call
+/// succeeded.
 fn uac(name: &str, scenario: &Path, target: u16, port: u16, args: &[&str]) -> bool {
-    let dir = workdir(name);
-    let mut child = Command::new("sipp")
-        .current_dir(&dir)
-        .arg("-sf")
-        .arg(scenario)
-        .arg(format!("127.0.0.1:{target}"))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-s",
-            "1234",
-            "-nostdin",
-            "-trace_err",
-        ])
-        .args(["-timeout", "30", "-timeout_error"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sipp uac");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            if !st.success() {
-                eprintln!("sipp uac {scenario:?} failed ({st}); see {}", dir.display());
-            }
-            return st.success();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let args = [&["-s", "1234", "-timeout", "30", "-timeout_error"], args].concat();
+    Sipp::start(name, scenario, port, Some(target), &args).finished(Duration::from_secs(40))
 }
 
 /// A one-request UAC scenario expecting `code` (ACKing it for INVITE).
@@ -285,7 +99,7 @@ fn expect_scenario(name: &str, method: &str, max_forwards: u8, code: u16) -> Pat
 }
 
 fn calls_through_siplb_to_two_backends(io: &str, base: u16) {
-    let lb = Siplb::start(io, "basic", base, &[(base + 11, "pstn=32"), (base + 12, "pstn=32")], "");
+    let lb = start(io, "basic", base, &[(base + 11, "pstn=32"), (base + 12, "pstn=32")], "");
     let _a = uas("basic", "uas.xml", base + 11);
     let _b = uas("basic", "uas.xml", base + 12);
     std::thread::sleep(Duration::from_millis(200));
@@ -299,12 +113,12 @@ fn calls_through_siplb_to_two_backends(io: &str, base: u16) {
     assert!(ok, "SIPp UAC reported failed calls");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 20);
     assert_eq!(lb.stat("dialog:failed_dialogs"), 0);
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 fn failover_on_503(io: &str, base: u16) {
     // The refusing backend has more room, so it is chosen first.
-    let lb = Siplb::start(
+    let lb = start(
         io,
         "failover",
         base,
@@ -323,14 +137,14 @@ fn failover_on_503(io: &str, base: u16) {
     );
     assert!(ok, "calls should succeed on the second backend");
     assert_eq!(lb.stat("siplb:failovers"), 3);
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 fn failover_when_a_backend_does_not_answer(io: &str, base: u16) {
     // Nothing listens on base+11: the INVITE goes unanswered (ICMP port
     // unreachable comes back), fr_timeout (2 s) raises a 408, and the
     // call moves to the live backend.
-    let lb = Siplb::start(
+    let lb = start(
         io,
         "silent",
         base,
@@ -349,14 +163,14 @@ fn failover_when_a_backend_does_not_answer(io: &str, base: u16) {
     assert!(ok, "calls should succeed on the live backend");
     assert_eq!(lb.stat("siplb:failovers"), 2);
     assert!(lb.stat("siplb:retransmissions") >= 2);
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 fn callee_hangs_up(io: &str, base: u16) {
     // Two backends on two ports: their BYEs reach siplb on 4-tuples that
     // SO_REUSEPORT may hash to the worker that does not own the dialog,
     // which then hands the BYE over.
-    let lb = Siplb::start(
+    let lb = start(
         io,
         "calleebye",
         base,
@@ -376,11 +190,11 @@ fn callee_hangs_up(io: &str, base: u16) {
     assert!(ok, "calls ended by the callee failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     eprintln!("hand-offs between workers: {}", lb.stat("siplb:handoffs"));
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 fn cancel_while_ringing(io: &str, base: u16) {
-    let lb = Siplb::start(io, "cancel", base, &[(base + 11, "pstn=5")], "");
+    let lb = start(io, "cancel", base, &[(base + 11, "pstn=5")], "");
     let _a = uas("cancel", "uas_ring.xml", base + 11);
     std::thread::sleep(Duration::from_millis(200));
     let ok = uac(
@@ -392,12 +206,12 @@ fn cancel_while_ringing(io: &str, base: u16) {
     );
     assert!(ok, "CANCEL flow failed");
     assert_eq!(lb.stat("dialog:failed_dialogs"), 2);
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 fn local_answers(io: &str, base: u16) {
     // pstn=0: every destination is full.
-    let lb = Siplb::start(io, "local", base, &[(base + 11, "pstn=0")], "");
+    let lb = start(io, "local", base, &[(base + 11, "pstn=0")], "");
     let cases = [
         ("OPTIONS", 70, 200),
         ("MESSAGE", 70, 405),
@@ -411,18 +225,17 @@ fn local_answers(io: &str, base: u16) {
     }
     assert_eq!(lb.stat("siplb:full"), 1);
     assert_eq!(lb.stat("siplb:too_many_hops"), 1);
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
 }
 
 /// Starts 30 long calls on capacities 10/20/30 and returns the loads seen
 /// while they are all up.
 fn spread(io: &str, name: &str, base: u16, flags: &str) -> Vec<u64> {
-    let lb = Siplb::start_with_flags(
+    let lb = start(
         io,
         name,
         base,
         &[(base + 11, "pstn=10"), (base + 12, "pstn=20"), (base + 13, "pstn=30")],
-        "",
         flags,
     );
     let _a = uas(name, "uas.xml", base + 11);
@@ -444,7 +257,7 @@ fn spread(io: &str, name: &str, base: u16, flags: &str) -> Vec<u64> {
     std::thread::sleep(Duration::from_millis(2500));
     let loads = lb.loads();
     assert!(caller.join().unwrap(), "SIPp UAC reported failed calls");
-    lb.assert_idle();
+    lb.assert_idle(IDLE, &[]);
     loads
 }
 
@@ -458,49 +271,14 @@ fn distribution_relative_is_proportional_to_capacity(io: &str, base: u16) {
     assert_eq!(spread(io, "spread-rel", base, "r"), vec![5, 10, 15]);
 }
 
-/// A test's base port, shifted by `SIPLB_TEST_PORT_OFFSET` so that several
-/// checkouts can run the suite on one machine at once without their siplb
-/// instances sharing SO_REUSEPORT ports.
-fn port(base: u16) -> u16 {
-    base + std::env::var("SIPLB_TEST_PORT_OFFSET")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Runs a test body on both I/O paths, on port ranges 50 apart.
-macro_rules! both_io {
-    ($($name:ident = $base:expr;)*) => {
-        mod epoll {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("epoll", super::port($base));
-                    }
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("io_uring", super::port($base + 50));
-                    }
-                }
-            )*
-        }
-    };
-}
-
 both_io! {
-    calls_through_siplb_to_two_backends = 21000;
-    failover_on_503 = 21100;
-    failover_when_a_backend_does_not_answer = 21400;
-    callee_hangs_up = 21500;
-    cancel_while_ringing = 21200;
-    local_answers = 21300;
-    distribution_absolute_equalises_free_channels = 21700;
-    distribution_relative_is_proportional_to_capacity = 21800;
+    epoll, io_uring;
+    calls_through_siplb_to_two_backends = 21000, if sipp_available();
+    failover_on_503 = 21100, if sipp_available();
+    failover_when_a_backend_does_not_answer = 21400, if sipp_available();
+    callee_hangs_up = 21500, if sipp_available();
+    cancel_while_ringing = 21200, if sipp_available();
+    local_answers = 21300, if sipp_available();
+    distribution_absolute_equalises_free_channels = 21700, if sipp_available();
+    distribution_relative_is_proportional_to_capacity = 21800, if sipp_available();
 }

@@ -11,8 +11,13 @@
 
 mod harness;
 
+use std::time::Duration;
+
 use harness::*;
 use serde_json::json;
+
+/// How long siplb may take to start.
+const LIMIT: Duration = Duration::from_secs(20);
 
 fn ids(lb: &Siplb) -> Vec<(u64, u64)> {
     lb.list().iter().map(|d| (d.0, d.2)).collect()
@@ -37,7 +42,7 @@ fn dbtext_source_loads_skips_bad_rows_and_reloads() {
     )
     .unwrap();
     let text = format!("{}[[sources]]\ndb_url = \"text://db\"\n", config(base, &[]));
-    let lb = Siplb::start("dbtext", base, &text);
+    let lb = Siplb::start("dbtext", base, &text, LIMIT);
     assert_eq!(ids(&lb), vec![(1, 10), (3, 20)]);
     let log = lb.log();
     assert!(
@@ -58,7 +63,7 @@ fn dbtext_source_loads_skips_bad_rows_and_reloads() {
         ),
     )
     .unwrap();
-    let r = lb.result("lb_reload");
+    let r = lb.rpc("lb_reload", json!([]));
     assert_eq!(r["kept"], json!([1]), "{r}");
     assert_eq!(r["added"], json!([4]), "{r}");
     assert_eq!(r["removed"], json!([3]), "{r}");
@@ -199,7 +204,7 @@ fn db_source(url: String, db: Db, create: &str, name: &str, base: u16) {
         config(base, &[]),
         t.name
     );
-    let lb = Siplb::start(name, base, &text);
+    let lb = Siplb::start(name, base, &text, LIMIT);
     assert_eq!(ids(&lb), vec![(1, 10), (2, 20)]);
     assert!(
         lb.log()
@@ -215,7 +220,7 @@ fn db_source(url: String, db: Db, create: &str, name: &str, base: u16) {
     ));
     t.exec("DELETE FROM TABLE_NAME WHERE id IN (2, 3)");
     t.exec("UPDATE TABLE_NAME SET resources = 'pstn=12' WHERE id = 1");
-    let r = lb.result("lb_reload");
+    let r = lb.rpc("lb_reload", json!([]));
     assert_eq!(r["kept"], json!([1]), "{r}");
     assert_eq!(r["added"], json!([4]), "{r}");
     assert_eq!(r["removed"], json!([2]), "{r}");
@@ -224,7 +229,7 @@ fn db_source(url: String, db: Db, create: &str, name: &str, base: u16) {
 
     // The table going away makes reload fail; the running table stays.
     t.exec("DROP TABLE TABLE_NAME");
-    let r = lb.rpc("lb_reload", json!([])).unwrap();
+    let r = lb.response("lb_reload", json!([])).unwrap();
     let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("reload refused") && msg.contains(&t.name), "{r}");
     assert_eq!(ids(&lb), vec![(1, 12), (4, 4)]);

@@ -14,46 +14,22 @@
 //! Skipped (with a message) when `sipp` is missing, except the raw-socket
 //! tests, which need nothing else.
 
+#[macro_use]
+mod harness;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use harness::{destination, port, scenarios, sipp_available, wait_until, workdir, ServerConfig, Siplb, Sipp};
+use serde_json::json;
 
-fn sipp_available() -> bool {
-    let ok = Command::new("sipp")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        eprintln!("skipping: sipp is not installed (Debian package sip-tester)");
-    }
-    ok
-}
-
-fn scenarios() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let thread = std::thread::current().name().unwrap_or("t").replace("::", "-");
-    let d = std::env::temp_dir().join(format!("siplb-tr-{thread}-{name}-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&d);
-    d
-}
-
-/// A test's base port, shifted by `SIPLB_TEST_PORT_OFFSET`.
-fn port(base: u16) -> u16 {
-    base + std::env::var("SIPLB_TEST_PORT_OFFSET")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+/// How long siplb may take to start and a statistic to reach its value.
+const WAIT: Duration = Duration::from_secs(10);
+/// The gauges [`idle`] checks besides loads and dialogs.
+const CONNECTIONS: &[&str] = &["siplb:tcp_connections"];
 
 /// Writes a test CA (`ca.pem`), a certificate for 127.0.0.1 signed by
 /// it (`cert.pem`, the one siplb and the TLS peers present) and its key
@@ -74,215 +50,53 @@ fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert_path, key_path)
 }
 
-/// A running siplb: UDP and TCP on `base`, TLS on base+2, internal ports
-/// base+3.., admin base+9.
-struct Siplb {
-    child: Child,
-    admin: u16,
-    dir: PathBuf,
-}
-
-impl Siplb {
-    fn start(io: &str, name: &str, base: u16, dests: &[String], extra: &str) -> Siplb {
-        let dir = workdir(name);
-        let (cert, key) = make_cert(&dir);
-        let mut cfg = format!(
-            "[server]\nlisten = [\"127.0.0.1:{base}\", \"tcp:127.0.0.1:{base}\", \"tls:127.0.0.1:{}\"]\n\
-             workers = 2\npin_cores = false\n\
-             internal_address = \"127.0.0.1\"\ninternal_port_base = {}\nio = \"{io}\"\nlog_level = \"{}\"\n\
-             [admin]\nlisten = \"127.0.0.1:{}\"\n\
-             [timers]\nfr_timeout = \"2s\"\nfr_inv_timeout = \"10s\"\n\
-             [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{extra}\n",
-            base + 2,
-            base + 3,
-            std::env::var("SIPLB_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            base + 9,
-            cert.display(),
-            key.display(),
-        );
-        for (i, uri) in dests.iter().enumerate() {
-            cfg.push_str(&format!(
-                "[[destinations]]\nid = {}\ngroup = 1\nuri = \"{uri}\"\nresources = \"pstn=50\"\n",
-                i + 1
-            ));
-        }
-        cfg.push_str(
-            "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\n\
-             load_balance = { group = 1, resources = \"pstn\" }\n\
-             [[rules]]\nmethod = \"OPTIONS\"\nreply = { code = 200 }\n\
-             [[rules]]\nreply = { code = 405 }\n",
-        );
-        let path = dir.join("siplb.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join("siplb.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_siplb"))
-            .arg("--config")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start siplb");
-        let s = Siplb {
-            child,
-            admin: base + 9,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while s.try_rpc("which", json!({})).is_none() {
-            assert!(Instant::now() < deadline, "siplb did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
+/// Starts siplb: UDP and TCP on `base`, TLS on base+2 (with a certificate
+/// from [`make_cert`]), internal ports base+3.., admin base+9; `dests`
+/// (URIs) are destinations 1.. of group 1 with `pstn=50`; `extra` is
+/// appended to the `[tls]` table.
+fn start(io: &str, name: &str, base: u16, dests: &[String], extra: &str) -> Siplb {
+    let dir = workdir(name);
+    let (cert, key) = make_cert(&dir);
+    let server = ServerConfig {
+        listen: vec![
+            format!("127.0.0.1:{base}"),
+            format!("tcp:127.0.0.1:{base}"),
+            format!("tls:127.0.0.1:{}", base + 2),
+        ],
+        internal_port_base: base + 3,
+        ..ServerConfig::new(base, io)
+    };
+    let mut cfg = format!(
+        "{server}[tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n{extra}\n",
+        cert.display(),
+        key.display(),
+    );
+    for (i, uri) in dests.iter().enumerate() {
+        cfg.push_str(&destination(i as u32 + 1, 1, uri, "resources = \"pstn=50\""));
     }
-
-    fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
-        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": "1"}).to_string();
-        let mut c = TcpStream::connect(("127.0.0.1", self.admin)).ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            c,
-            "POST /mi HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        let mut resp = String::new();
-        c.read_to_string(&mut resp).ok()?;
-        let json = resp.split("\r\n\r\n").nth(1)?;
-        serde_json::from_str::<Value>(json).ok()?.get("result").cloned()
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        let r = self
-            .try_rpc("get_statistics", json!({"statistics": ["all"]}))
-            .expect("get_statistics");
-        r[name].as_u64().unwrap_or_else(|| panic!("no statistic {name} in {r}"))
-    }
-
-    /// Waits (bounded) until `name` equals `want`; fails with its value.
-    fn wait_stat(&self, name: &str, want: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let v = self.stat(name);
-            if v == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{name} is {v}, expected {want}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn loads(&self) -> Vec<u64> {
-        let r = self.try_rpc("lb_list", json!({})).expect("lb_list");
-        r["Destinations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|d| {
-                d["Resources"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r["load"].as_u64().unwrap())
-            })
-            .collect()
-    }
-
-    /// Every load, live-dialog and connection gauge is zero.
-    fn assert_idle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let loads = self.loads();
-            let (a, e) = (self.stat("dialog:active_dialogs"), self.stat("dialog:early_dialogs"));
-            let c = self.stat("siplb:tcp_connections");
-            if loads.iter().all(|&l| l == 0) && a == 0 && e == 0 && c == 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not idle: loads {loads:?}, active {a}, early {e}, connections {c}; see {}",
-                self.dir.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Siplb {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A SIPp process killed when dropped.
-struct Sipp(Child);
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    cfg.push_str(
+        "[[rules]]\nmethod = \"INVITE\"\nruri_user = \"^[0-9]+$\"\n\
+         load_balance = { group = 1, resources = \"pstn\" }\n\
+         [[rules]]\nmethod = \"OPTIONS\"\nreply = { code = 200 }\n\
+         [[rules]]\nreply = { code = 405 }\n",
+    );
+    Siplb::start(name, base, &cfg, WAIT)
 }
 
 /// A SIPp UAS on `port` over `transport` (`u1`, `t1`).
 fn uas(name: &str, scenario: &str, port: u16, transport: &str) -> Sipp {
-    let dir = workdir(name);
-    let child = Command::new("sipp")
-        .current_dir(&dir)
-        .arg("-sf")
-        .arg(scenarios().join(scenario))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", transport])
-        .args(["-nostdin", "-trace_err"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sipp uas");
-    Sipp(child)
+    Sipp::start(name, &scenarios().join(scenario), port, None, &["-t", transport])
 }
 
-/// Runs a SIPp UAC to completion over `transport`; true when every call
-/// succeeded.
-fn uac(name: &str, target: u16, port: u16, transport: &str, args: &[&str]) -> bool {
-    let dir = workdir(name);
-    let mut child = Command::new("sipp")
-        .current_dir(&dir)
-        .arg("-sf")
-        .arg(scenarios().join("uac.xml"))
-        .arg(format!("127.0.0.1:{target}"))
-        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-t", transport])
-        .args(["-s", "1234", "-nostdin", "-trace_err"])
-        .args(["-timeout", "30", "-timeout_error"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sipp uac");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            if !st.success() {
-                eprintln!("sipp uac failed ({st}); see {}", dir.display());
-            }
-            return st.success();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Runs a SIPp UAC playing `scenario` to completion (at most 40 s) over
+/// `transport`; true when every call succeeded.
+fn uac(name: &str, scenario: &str, target: u16, port: u16, transport: &str, args: &[&str]) -> bool {
+    let args = [
+        &["-t", transport, "-s", "1234", "-timeout", "30", "-timeout_error"],
+        args,
+    ]
+    .concat();
+    Sipp::start(name, &scenarios().join(scenario), port, Some(target), &args).finished(Duration::from_secs(40))
 }
 
 fn udp_dest(port: u16) -> String {
@@ -297,112 +111,71 @@ fn tcp_dest(port: u16) -> String {
 
 fn tcp_caller_udp_backends(io: &str, base: u16) {
     let name = "tcp-udp";
-    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11), udp_dest(base + 12)], "");
+    let lb = start(io, name, base, &[udp_dest(base + 11), udp_dest(base + 12)], "");
     let a = uas(name, "uas.xml", base + 11, "u1");
     let b = uas(name, "uas.xml", base + 12, "u1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(name, base, base + 15, "t1", &["-m", "10", "-r", "20", "-d", "200"]);
+    let args = ["-m", "10", "-r", "20", "-d", "200"];
+    let ok = uac(name, "uac.xml", base, base + 15, "t1", &args);
     assert!(ok, "SIPp UAC over TCP reported failed calls");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     assert_eq!(lb.stat("dialog:failed_dialogs"), 0);
     assert!(lb.stat("siplb:tcp_accepted") >= 1);
     drop((a, b));
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 fn udp_caller_tcp_backends(io: &str, base: u16) {
     let name = "udp-tcp";
-    let lb = Siplb::start(io, name, base, &[tcp_dest(base + 11), tcp_dest(base + 12)], "");
+    let lb = start(io, name, base, &[tcp_dest(base + 11), tcp_dest(base + 12)], "");
     let a = uas(name, "uas.xml", base + 11, "t1");
     let b = uas(name, "uas.xml", base + 12, "t1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(name, base, base + 15, "u1", &["-m", "10", "-r", "20", "-d", "200"]);
+    let args = ["-m", "10", "-r", "20", "-d", "200"];
+    let ok = uac(name, "uac.xml", base, base + 15, "u1", &args);
     assert!(ok, "calls to SIPp backends over TCP failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     // Connections to the backends are reused: at most one per worker each.
     let opened = lb.stat("siplb:tcp_connected");
     assert!((1..=4).contains(&opened), "{opened} connections opened for 10 calls");
     drop((a, b));
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 fn tcp_per_call_both_sides(io: &str, base: u16) {
     let name = "tcp-tcp";
-    let lb = Siplb::start(io, name, base, &[tcp_dest(base + 11)], "");
+    let lb = start(io, name, base, &[tcp_dest(base + 11)], "");
     let a = uas(name, "uas.xml", base + 11, "t1");
     std::thread::sleep(Duration::from_millis(200));
-    let ok = uac(
-        name,
-        base,
-        base + 15,
-        "tn",
-        &["-m", "10", "-r", "20", "-d", "200", "-max_socket", "100"],
-    );
+    let args = ["-m", "10", "-r", "20", "-d", "200", "-max_socket", "100"];
+    let ok = uac(name, "uac.xml", base, base + 15, "tn", &args);
     assert!(ok, "SIPp UAC with one TCP connection per call failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 10);
     assert!(lb.stat("siplb:tcp_accepted") >= 10);
     drop(a);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 fn callee_hangs_up_towards_a_tcp_caller(io: &str, base: u16) {
     let name = "tcp-callee-bye";
-    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11)], "");
+    let lb = start(io, name, base, &[udp_dest(base + 11)], "");
     let a = uas(name, "uas_bye.xml", base + 11, "u1");
     std::thread::sleep(Duration::from_millis(200));
-    let dir = workdir(name);
-    let st = Command::new("sipp")
-        .current_dir(&dir)
-        .arg("-sf")
-        .arg(scenarios().join("uac_callee_bye.xml"))
-        .arg(format!("127.0.0.1:{base}"))
-        .args(["-i", "127.0.0.1", "-p", &(base + 15).to_string(), "-t", "t1"])
-        .args(["-s", "1234", "-m", "3", "-r", "5", "-l", "2", "-nostdin", "-trace_err"])
-        .args(["-timeout", "30", "-timeout_error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run sipp uac");
-    assert!(
-        st.success(),
-        "calls ended by the UDP callee towards a TCP caller failed; see {}",
-        dir.display()
-    );
+    let args = ["-m", "3", "-r", "5", "-l", "2"];
+    let ok = uac(name, "uac_callee_bye.xml", base, base + 15, "t1", &args);
+    assert!(ok, "calls ended by the UDP callee towards a TCP caller failed");
     assert_eq!(lb.stat("dialog:processed_dialogs"), 3);
     drop(a);
-    lb.assert_idle();
-}
-
-macro_rules! both_io {
-    ($($name:ident = $base:expr;)*) => {
-        mod epoll {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("epoll", super::port($base));
-                    }
-                }
-            )*
-        }
-        mod io_uring {
-            $(
-                #[test]
-                fn $name() {
-                    if super::sipp_available() {
-                        super::$name("io_uring", super::port($base + 50));
-                    }
-                }
-            )*
-        }
-    };
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 both_io! {
-    tcp_caller_udp_backends = 18000;
-    udp_caller_tcp_backends = 18100;
-    tcp_per_call_both_sides = 18200;
-    callee_hangs_up_towards_a_tcp_caller = 18420;
+    epoll, io_uring;
+    tcp_caller_udp_backends = 18000, if sipp_available();
+    udp_caller_tcp_backends = 18100, if sipp_available();
+    tcp_per_call_both_sides = 18200, if sipp_available();
+    callee_hangs_up_towards_a_tcp_caller = 18420, if sipp_available();
+    dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend = 18020, if sipp_available();
 }
 
 // ---- raw sockets -----------------------------------------------------------
@@ -458,7 +231,7 @@ fn closed_by_peer(c: &mut TcpStream) -> bool {
 }
 
 fn message_in_pieces_and_keepalives(io: &str, base: u16) {
-    let lb = Siplb::start(io, "pieces", base, &[udp_dest(base + 11)], "");
+    let lb = start(io, "pieces", base, &[udp_dest(base + 11)], "");
     let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
     c.set_nodelay(true).unwrap();
     // A ping first, then the request 3 bytes at a time.
@@ -482,11 +255,11 @@ fn message_in_pieces_and_keepalives(io: &str, base: u16) {
     assert_eq!(lb.stat("siplb:tcp_keepalive_pings"), 1);
     assert_eq!(lb.stat("siplb:rx_requests"), 3);
     drop(c);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 fn framing_errors_close_the_connection(io: &str, base: u16) {
-    let lb = Siplb::start(
+    let lb = start(
         io,
         "framing",
         base,
@@ -506,17 +279,17 @@ fn framing_errors_close_the_connection(io: &str, base: u16) {
     c.write_all(OPTIONS.replace("Content-Length: 0", "Content-Length: x").as_bytes())
         .unwrap();
     assert!(closed_by_peer(&mut c), "a bad Content-Length must close the connection");
-    lb.wait_stat("siplb:tcp_framing_errors", 2);
+    lb.wait_stat("siplb:tcp_framing_errors", 2, WAIT);
     // A slow sender: half a message, then nothing.
     let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
     c.write_all(&OPTIONS.as_bytes()[..40]).unwrap();
     assert!(closed_by_peer(&mut c), "a slow sender must be cut off");
-    lb.wait_stat("siplb:tcp_slow_closed", 1);
-    lb.assert_idle();
+    lb.wait_stat("siplb:tcp_slow_closed", 1, WAIT);
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 fn many_silent_connections(io: &str, base: u16) {
-    let lb = Siplb::start(
+    let lb = start(
         io,
         "silent",
         base,
@@ -527,18 +300,105 @@ fn many_silent_connections(io: &str, base: u16) {
         .map(|_| TcpStream::connect(("127.0.0.1", base)).unwrap())
         .collect();
     // Past the limit, connections are accepted and closed at once.
-    lb.wait_stat("siplb:tcp_refused_per_ip_limit", 12);
+    lb.wait_stat("siplb:tcp_refused_per_ip_limit", 12, WAIT);
     assert_eq!(lb.stat("siplb:tcp_accepted"), 8);
     // The silent ones are closed when idle.
     let closed = conns.iter_mut().map(closed_by_peer).filter(|&c| c).count();
     assert_eq!(closed, 20);
-    lb.wait_stat("siplb:tcp_idle_closed", 8);
+    lb.wait_stat("siplb:tcp_idle_closed", 8, WAIT);
     // Room again: a new connection works.
     let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
     c.write_all(OPTIONS.as_bytes()).unwrap();
     assert!(read_message(&mut c).unwrap().starts_with("SIP/2.0 200 "));
     drop(c);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
+}
+
+/// The test caller's side of one call over a stream transport (alice
+/// calling 1234): what its requests carry.
+struct Caller {
+    /// `TCP` or `TLS`, as the Via says it.
+    transport: &'static str,
+    /// The Via's sent-by and the Contact's host and port.
+    sent_by: String,
+    call_id: String,
+    from_tag: String,
+}
+
+impl Caller {
+    /// A request's start line and headers up to (not including)
+    /// Content-Length: Via, From, To (`to_tag`: `;tag=...` or empty),
+    /// Call-ID, CSeq, Max-Forwards, Contact and a Route per `routes`.
+    fn head(&self, method: &str, uri: &str, branch: &str, cseq: u32, to_tag: &str, routes: &[String]) -> String {
+        let (transport, sent_by) = (self.transport, &self.sent_by);
+        let mut m = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/{transport} {sent_by};branch=z9hG4bK-{branch};rport\r\n\
+             From: <sip:alice@127.0.0.1>;tag={}\r\nTo: <sip:1234@127.0.0.1>{to_tag}\r\n\
+             Call-ID: {}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n\
+             Contact: <sip:alice@{sent_by};transport={}>\r\n",
+            self.from_tag,
+            self.call_id,
+            transport.to_ascii_lowercase(),
+        );
+        for r in routes {
+            m.push_str(&format!("Route: {r}\r\n"));
+        }
+        m
+    }
+
+    /// A request without a body (see [`Caller::head`]).
+    fn request(&self, method: &str, uri: &str, branch: &str, cseq: u32, to_tag: &str, routes: &[String]) -> String {
+        self.head(method, uri, branch, cseq, to_tag, routes) + "Content-Length: 0\r\n\r\n"
+    }
+}
+
+/// What the caller needs from the 200 to its INVITE for the requests
+/// that follow: the remote target (Contact), the To tag and the route
+/// set (the Record-Route values, reversed).
+struct Answer {
+    target: String,
+    to_tag: String,
+    routes: Vec<String>,
+}
+
+impl Answer {
+    fn of(ok: &str) -> Answer {
+        let contact = header_values(ok, "Contact")[0].clone();
+        Answer {
+            target: contact.trim_start_matches('<').trim_end_matches('>').to_string(),
+            to_tag: format!(";tag={}", tag_of(ok, "To")),
+            routes: header_values(ok, "Record-Route").into_iter().rev().collect(),
+        }
+    }
+}
+
+/// Reads the responses to an INVITE, provisional ones skipped, up to its
+/// 200 (any other response fails the test).
+fn read_200(c: &mut impl Read) -> String {
+    loop {
+        let r = read_sip(c).expect("a response to the INVITE");
+        assert!(r.starts_with("SIP/2.0 1") || r.starts_with("SIP/2.0 200 "), "{r}");
+        if r.starts_with("SIP/2.0 200 ") {
+            return r;
+        }
+    }
+}
+
+/// Every `name:` header line of a message, each with its CRLF, in order.
+fn header_lines(msg: &str, name: &str) -> String {
+    msg.lines()
+        .filter(|l| l.split(':').next().is_some_and(|n| n.trim().eq_ignore_ascii_case(name)))
+        .map(|l| format!("{l}\r\n"))
+        .collect()
+}
+
+/// A 200 to `request` (Via, From, To, Call-ID and CSeq copied).
+fn ok_to(request: &str) -> String {
+    let copied: String = ["Via", "From", "To", "Call-ID", "CSeq"]
+        .iter()
+        .map(|h| header_lines(request, h))
+        .collect();
+    format!("SIP/2.0 200 OK\r\n{copied}Content-Length: 0\r\n\r\n")
 }
 
 /// RFC 3261 §18.2.2: the caller's connection closes right after its
@@ -546,26 +406,19 @@ fn many_silent_connections(io: &str, base: u16) {
 /// sent-by port, and the call goes on over that one.
 fn responses_follow_the_via_when_the_connection_is_gone(io: &str, base: u16) {
     let name = "fallback";
-    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11)], "");
+    let lb = start(io, name, base, &[udp_dest(base + 11)], "");
     let _a = uas(name, "uas.xml", base + 11, "u1");
     std::thread::sleep(Duration::from_millis(200));
     let me = std::net::TcpListener::bind(("127.0.0.1", base + 16)).unwrap();
-    let sent_by = format!("127.0.0.1:{}", base + 16);
-    let msg = |method: &str, uri: &str, branch: &str, cseq: u32, to_tag: &str, routes: &[String]| {
-        let mut m = format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TCP {sent_by};branch=z9hG4bK-{branch};rport\r\n\
-             From: <sip:alice@127.0.0.1>;tag=fb\r\nTo: <sip:1234@127.0.0.1>{to_tag}\r\n\
-             Call-ID: fallback-1@127.0.0.1\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n\
-             Contact: <sip:alice@{sent_by};transport=tcp>\r\n"
-        );
-        for r in routes {
-            m.push_str(&format!("Route: {r}\r\n"));
-        }
-        m + "Content-Length: 0\r\n\r\n"
+    let alice = Caller {
+        transport: "TCP",
+        sent_by: format!("127.0.0.1:{}", base + 16),
+        call_id: "fallback-1@127.0.0.1".into(),
+        from_tag: "fb".into(),
     };
     let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
-    c.write_all(msg("INVITE", &format!("sip:1234@127.0.0.1:{base}"), "fb1", 1, "", &[]).as_bytes())
-        .unwrap();
+    let invite = alice.request("INVITE", &format!("sip:1234@127.0.0.1:{base}"), "fb1", 1, "", &[]);
+    c.write_all(invite.as_bytes()).unwrap();
     drop(c);
     let (mut back, _) = me.accept().unwrap();
     back.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -576,41 +429,74 @@ fn responses_follow_the_via_when_the_connection_is_gone(io: &str, base: u16) {
             break r;
         }
     };
-    let routes: Vec<String> = header_values(&ok, "Record-Route").into_iter().rev().collect();
-    let contact = header_values(&ok, "Contact")[0].clone();
-    let target = contact.trim_start_matches('<').trim_end_matches('>').to_string();
-    let to_tag = format!(";tag={}", tag_of(&ok, "To"));
-    back.write_all(msg("ACK", &target, "fb2", 1, &to_tag, &routes).as_bytes())
+    let callee = Answer::of(&ok);
+    let (target, to_tag, routes) = (&callee.target, &callee.to_tag, &callee.routes);
+    back.write_all(alice.request("ACK", target, "fb2", 1, to_tag, routes).as_bytes())
         .unwrap();
-    back.write_all(msg("BYE", &target, "fb3", 2, &to_tag, &routes).as_bytes())
+    back.write_all(alice.request("BYE", target, "fb3", 2, to_tag, routes).as_bytes())
         .unwrap();
     let r = read_sip(&mut back).expect("a response to the BYE");
     assert!(r.starts_with("SIP/2.0 200 ") && r.contains("BYE"), "{r}");
     assert!(lb.stat("siplb:tcp_send_fallbacks") >= 1);
     assert_eq!(lb.stat("dialog:processed_dialogs"), 1);
     drop(back);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
-macro_rules! both_io_raw {
-    ($($name:ident = $base:expr;)*) => {
-        mod raw_epoll {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name("epoll", super::port($base));
-                }
-            )*
-        }
-        mod raw_io_uring {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name("io_uring", super::port($base + 50));
-                }
-            )*
-        }
+/// `dlg_end` on a confirmed bridged call (the caller on TCP, the backend
+/// on UDP: two Record-Route entries): siplb sends a BYE to each side,
+/// the caller's over the caller's own TCP connection (it listens on no
+/// other port), the backend's over UDP; both answer 200, and every load,
+/// dialog and connection gauge goes back to zero.
+fn dlg_end_hangs_up_a_tcp_caller_and_a_udp_backend(io: &str, base: u16) {
+    let name = "dlg-end-bridged";
+    let lb = start(io, name, base, &[udp_dest(base + 11)], "");
+    // One call: the UAS exits once it has answered siplb's BYE.
+    let uas_args = ["-t", "u1", "-m", "1"];
+    let mut backend = Sipp::start(name, &scenarios().join("uas.xml"), base + 11, None, &uas_args);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = TcpStream::connect(("127.0.0.1", base)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let alice = Caller {
+        transport: "TCP",
+        sent_by: c.local_addr().unwrap().to_string(),
+        call_id: "dlg-end-bridged@127.0.0.1".into(),
+        from_tag: "de".into(),
     };
+    let invite = alice.request("INVITE", &format!("sip:1234@127.0.0.1:{base}"), "de1", 1, "", &[]);
+    c.write_all(invite.as_bytes()).unwrap();
+    let ok = read_200(&mut c);
+    let rr = header_values(&ok, "Record-Route");
+    assert_eq!(rr.len(), 2, "a bridged call is record-routed twice: {rr:?}");
+    assert!(rr[1].contains("transport=tcp"), "the caller's side is TCP: {rr:?}");
+    let callee = Answer::of(&ok);
+    let ack = alice.request("ACK", &callee.target, "de2", 1, &callee.to_tag, &callee.routes);
+    c.write_all(ack.as_bytes()).unwrap();
+    wait_until(WAIT, "a confirmed dialog", || {
+        lb.call("dlg_list", json!([]))
+            .is_ok_and(|r| r["Dialogs"][0]["state"] == 4)
+    });
+    assert_eq!(lb.load(1), 1);
+    assert_eq!(lb.stat("dialog:active_dialogs"), 1);
+
+    assert_eq!(lb.call("dlg_end", json!([alice.call_id])).ok(), Some(json!("OK")));
+    // The caller's BYE: on the caller's connection, to its Contact, in
+    // the callee's name (From and To swapped).
+    let bye = read_sip(&mut c).expect("siplb's BYE to the caller on its TCP connection");
+    let contact = format!("BYE sip:alice@{};transport=tcp SIP/2.0", alice.sent_by);
+    assert!(bye.starts_with(&contact), "{bye}");
+    assert!(header_lines(&bye, "Via").starts_with("Via: SIP/2.0/TCP "), "{bye}");
+    assert!(header_lines(&bye, "Call-ID").contains(&alice.call_id), "{bye}");
+    assert_eq!(tag_of(&bye, "To"), alice.from_tag, "{bye}");
+    assert_eq!(format!(";tag={}", tag_of(&bye, "From")), callee.to_tag, "{bye}");
+    c.write_all(ok_to(&bye).as_bytes()).unwrap();
+    // The backend's BYE: SIPp (UDP only) answered it and ended its call.
+    assert!(
+        backend.finished(Duration::from_secs(20)),
+        "the UDP backend should get siplb's BYE"
+    );
+    drop(c);
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 mod fallback {
@@ -629,7 +515,8 @@ mod fallback {
     }
 }
 
-both_io_raw! {
+both_io! {
+    raw_epoll, raw_io_uring;
     message_in_pieces_and_keepalives = 18500;
     framing_errors_close_the_connection = 18600;
     many_silent_connections = 18700;
@@ -706,22 +593,14 @@ fn tag_of(msg: &str, header: &str) -> String {
 /// One call over TLS: INVITE, 200 (its Record-Route kept), ACK and BYE
 /// through the recorded routes. Returns the Record-Route values of the 200.
 fn tls_call(c: &mut TlsClient, target: u16, n: u32) -> Vec<String> {
-    let local = c.sock.local_addr().unwrap();
-    let call_id = format!("tls-call-{n}@127.0.0.1");
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
-    let common = |method: &str, uri: &str, branch: &str, cseq: u32, to_tag: &str, routes: &[String]| {
-        let mut m = format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS {local};branch=z9hG4bK-{branch};rport\r\n\
-             From: <sip:alice@127.0.0.1>;tag=a{n}\r\nTo: <sip:1234@127.0.0.1>{to_tag}\r\n\
-             Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n\
-             Contact: <sip:alice@{local};transport=tls>\r\n"
-        );
-        for r in routes {
-            m.push_str(&format!("Route: {r}\r\n"));
-        }
-        m
+    let alice = Caller {
+        transport: "TLS",
+        sent_by: c.sock.local_addr().unwrap().to_string(),
+        call_id: format!("tls-call-{n}@127.0.0.1"),
+        from_tag: format!("a{n}"),
     };
-    let invite = common(
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n";
+    let invite = alice.head(
         "INVITE",
         &format!("sip:1234@127.0.0.1:{target}"),
         &format!("inv{n}"),
@@ -733,21 +612,13 @@ fn tls_call(c: &mut TlsClient, target: u16, n: u32) -> Vec<String> {
         sdp.len()
     );
     c.write_all(invite.as_bytes()).unwrap();
-    let ok = loop {
-        let r = read_sip(c).expect("a response to the INVITE");
-        assert!(r.starts_with("SIP/2.0 1") || r.starts_with("SIP/2.0 200 "), "{r}");
-        if r.starts_with("SIP/2.0 200 ") {
-            break r;
-        }
-    };
+    let ok = read_200(c);
     let rr = header_values(&ok, "Record-Route");
-    let routes: Vec<String> = rr.iter().rev().cloned().collect();
-    let contact = header_values(&ok, "Contact")[0].clone();
-    let target_uri = contact.trim_start_matches('<').trim_end_matches('>').to_string();
-    let to_tag = format!(";tag={}", tag_of(&ok, "To"));
-    let ack = common("ACK", &target_uri, &format!("ack{n}"), 1, &to_tag, &routes) + "Content-Length: 0\r\n\r\n";
+    let callee = Answer::of(&ok);
+    let (target, to_tag, routes) = (&callee.target, &callee.to_tag, &callee.routes);
+    let ack = alice.request("ACK", target, &format!("ack{n}"), 1, to_tag, routes);
     c.write_all(ack.as_bytes()).unwrap();
-    let bye = common("BYE", &target_uri, &format!("bye{n}"), 2, &to_tag, &routes) + "Content-Length: 0\r\n\r\n";
+    let bye = alice.request("BYE", target, &format!("bye{n}"), 2, to_tag, routes);
     c.write_all(bye.as_bytes()).unwrap();
     let r = read_sip(c).expect("a response to the BYE");
     assert!(r.starts_with("SIP/2.0 200 ") && r.contains("CSeq: 2 BYE"), "{r}");
@@ -756,7 +627,7 @@ fn tls_call(c: &mut TlsClient, target: u16, n: u32) -> Vec<String> {
 
 fn tls_caller_udp_backend(io: &str, base: u16) {
     let name = "tls-udp";
-    let lb = Siplb::start(io, name, base, &[udp_dest(base + 11)], "");
+    let lb = start(io, name, base, &[udp_dest(base + 11)], "");
     let a = uas(name, "uas.xml", base + 11, "u1");
     std::thread::sleep(Duration::from_millis(200));
     let mut c = tls_connect(&lb.dir, base + 2, false);
@@ -774,7 +645,7 @@ fn tls_caller_udp_backend(io: &str, base: u16) {
     assert_eq!(lb.stat("dialog:failed_dialogs"), 0);
     drop(c);
     drop(a);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 /// A TLS backend answering calls on `listener` (INVITE: 180 and 200 with
@@ -799,12 +670,7 @@ fn tls_uas(dir: &Path, listener: std::net::TcpListener, calls: usize) -> std::th
                 break;
             }
             let method = m.split(' ').next().unwrap_or_default().to_string();
-            let pick = |name: &str| {
-                m.lines()
-                    .filter(|l| l.split(':').next().is_some_and(|n| n.trim().eq_ignore_ascii_case(name)))
-                    .map(|l| format!("{l}\r\n"))
-                    .collect::<String>()
-            };
+            let pick = |name: &str| header_lines(&m, name);
             let (vias, from, to, cid, cseq, rr) = (
                 pick("Via"),
                 pick("From"),
@@ -844,7 +710,7 @@ fn tls_uas(dir: &Path, listener: std::net::TcpListener, calls: usize) -> std::th
 fn udp_caller_tls_backend(io: &str, base: u16) {
     let name = "udp-tls";
     let listener = std::net::TcpListener::bind(("127.0.0.1", base + 11)).unwrap();
-    let lb = Siplb::start(
+    let lb = start(
         io,
         name,
         base,
@@ -852,20 +718,21 @@ fn udp_caller_tls_backend(io: &str, base: u16) {
         "",
     );
     let backend = tls_uas(&lb.dir, listener, 3);
-    let ok = uac(name, base, base + 15, "u1", &["-m", "3", "-r", "10", "-d", "100"]);
+    let args = ["-m", "3", "-r", "10", "-d", "100"];
+    let ok = uac(name, "uac.xml", base, base + 15, "u1", &args);
     let answered = backend.join().unwrap();
     assert!(ok, "UDP calls to a TLS backend failed ({answered} BYEs answered)");
     assert_eq!(answered, 3);
     assert_eq!(lb.stat("dialog:processed_dialogs"), 3);
     assert_eq!(lb.stat("siplb:tcp_connected"), 1);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
 fn tls_client_certificates(io: &str, base: u16) {
     let name = "tls-client-cert";
     let dir = workdir(name);
     let ca = dir.join("ca.pem");
-    let lb = Siplb::start(
+    let lb = start(
         io,
         name,
         base,
@@ -877,54 +744,19 @@ fn tls_client_certificates(io: &str, base: u16) {
     let _ = c.write_all(OPTIONS.as_bytes());
     let got = read_sip(&mut c);
     assert!(got.as_ref().map_or(true, |m| m.is_empty()), "{got:?}");
-    lb.wait_stat("siplb:tls_handshake_failed", 1);
+    lb.wait_stat("siplb:tls_handshake_failed", 1, WAIT);
     // With one signed by the CA: served.
     let mut c = tls_connect(&lb.dir, base + 2, true);
     c.write_all(OPTIONS.as_bytes()).unwrap();
     let reply = read_sip(&mut c).expect("a reply");
     assert!(reply.starts_with("SIP/2.0 200 "), "{reply}");
     drop(c);
-    lb.assert_idle();
+    lb.assert_idle(WAIT, CONNECTIONS);
 }
 
-mod tls_epoll {
-    #[test]
-    fn tls_caller_udp_backend() {
-        if super::sipp_available() {
-            super::tls_caller_udp_backend("epoll", super::port(18300));
-        }
-    }
-
-    #[test]
-    fn udp_caller_tls_backend() {
-        if super::sipp_available() {
-            super::udp_caller_tls_backend("epoll", super::port(18400));
-        }
-    }
-
-    #[test]
-    fn tls_client_certificates() {
-        super::tls_client_certificates("epoll", super::port(18800));
-    }
-}
-
-mod tls_io_uring {
-    #[test]
-    fn tls_caller_udp_backend() {
-        if super::sipp_available() {
-            super::tls_caller_udp_backend("io_uring", super::port(18350));
-        }
-    }
-
-    #[test]
-    fn udp_caller_tls_backend() {
-        if super::sipp_available() {
-            super::udp_caller_tls_backend("io_uring", super::port(18450));
-        }
-    }
-
-    #[test]
-    fn tls_client_certificates() {
-        super::tls_client_certificates("io_uring", super::port(18850));
-    }
+both_io! {
+    tls_epoll, tls_io_uring;
+    tls_caller_udp_backend = 18300, if sipp_available();
+    udp_caller_tls_backend = 18400, if sipp_available();
+    tls_client_certificates = 18800;
 }
