@@ -1,5 +1,6 @@
 //! HA with a real Redis on loopback: takeover after a kill, Redis stopped
-//! and restarted under load, and two active nodes sharing one capacity.
+//! and restarted under load, two active nodes sharing one capacity, and a
+//! destination added by a reload reaching Redis.
 //!
 //! Each test starts its own `redis-server --port P --save '' --appendonly
 //! no`, `siplb` processes and SIPp peers on ports `port(19000..)`. Skipped,
@@ -7,6 +8,7 @@
 
 mod harness;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -327,4 +329,50 @@ fn two_active_nodes_share_a_capacity_of_100() {
     wait_until(Duration::from_secs(5), "the enable on a", || {
         enabled(&a) == Some(json!("yes"))
     });
+}
+
+#[test]
+fn a_destination_added_by_a_reload_is_shared() {
+    if !available() {
+        return;
+    }
+    let name = "ha-reload";
+    let redis = Redis::start(name, port(19300));
+    let (lb, dest1, dest2) = (port(19310), port(19330), port(19331));
+    let a = start(name, lb, &redis.url(), "a", dest1, 10, "");
+    let load_fields = || -> HashMap<String, u32> {
+        let mut con = redis.con().expect("redis");
+        redis::cmd("HGETALL")
+            .arg("siplb:load:a")
+            .query(&mut con)
+            .unwrap_or_default()
+    };
+    let statuses = || -> HashMap<u32, String> {
+        let mut con = redis.con().expect("redis");
+        redis::cmd("HGETALL")
+            .arg("siplb:status")
+            .query(&mut con)
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(5), "destination 1 published", || {
+        load_fields().contains_key("1/pstn") && statuses().contains_key(&1)
+    });
+    let text = std::fs::read_to_string(&a.path).unwrap();
+    let added =
+        format!("[[destinations]]\nid = 2\ngroup = 1\nuri = \"sip:127.0.0.1:{dest2}\"\nresources = \"pstn=10\"\n");
+    let text = text.replacen("[[rules]]", &format!("{added}[[rules]]"), 1);
+    std::fs::write(&a.path, text).unwrap();
+    a.rpc("lb_reload", json!([]));
+    // The HA thread follows the reload: the new destination's load and
+    // status reach Redis (they did not before, until a restart).
+    wait_until(Duration::from_secs(5), "destination 2 published", || {
+        load_fields().contains_key("2/pstn") && statuses().contains_key(&2)
+    });
+    // And a status change on it is shared like any other.
+    assert_eq!(a.call("lb_status", json!(["2", "0"])).ok(), Some(json!("OK")));
+    wait_until(Duration::from_secs(5), "destination 2's disable shared", || {
+        // "{up}:{reason}", e.g. "0:operator".
+        statuses().get(&2).is_some_and(|s| s.starts_with("0:"))
+    });
+    a.assert_idle(IDLE, &[]);
 }

@@ -72,6 +72,7 @@ use crate::config::{parse_duration, Config, ConfigError};
 use crate::core::replica::{Adopted, DialogEvent};
 use crate::core::Proxy;
 use crate::lb::Table;
+use crate::reload::Live;
 use crate::runtime::udp::EventFd;
 
 pub use record::Record;
@@ -449,11 +450,11 @@ impl Ha {
     pub fn start(
         self,
         config: Arc<Config>,
-        table: Arc<Table>,
+        live: Arc<Live>,
         wakers: Vec<Arc<EventFd>>,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<JoinHandle<()>> {
-        let r = replicator::Replicator::new(self.cfg, config, table, self.events, self.controls, wakers, self.status);
+        let r = replicator::Replicator::new(self.cfg, config, live, self.events, self.controls, wakers, self.status);
         std::thread::Builder::new()
             .name("siplb-ha".into())
             .spawn(move || r.run(&stop))

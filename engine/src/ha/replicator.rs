@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::core::msg;
 use crate::core::replica::{Adopted, DialogEvent};
 use crate::lb::{Hold, Reason, ResourceSet, Table};
+use crate::reload;
 use crate::runtime::udp::EventFd;
 
 /// Redis connect/read/write timeout: the thread must stay responsive.
@@ -46,7 +47,11 @@ enum Op {
 
 pub(super) struct Replicator {
     cfg: HaConfig,
+    /// The destination table as of `table_generation`; followed across
+    /// reloads (`follow_reloads`).
     table: Arc<Table>,
+    live: Arc<reload::Live>,
+    table_generation: u64,
     events: Arc<ArrayQueue<DialogEvent>>,
     controls: Vec<Sender<Control>>,
     wakers: Vec<Arc<EventFd>>,
@@ -79,12 +84,14 @@ impl Replicator {
     pub(super) fn new(
         cfg: HaConfig,
         config: Arc<Config>,
-        table: Arc<Table>,
+        live: Arc<reload::Live>,
         events: Arc<ArrayQueue<DialogEvent>>,
         controls: Vec<Sender<Control>>,
         wakers: Vec<Arc<EventFd>>,
         status: Arc<Status>,
     ) -> Replicator {
+        let table_generation = live.generation();
+        let table = live.table();
         let n = table.destinations().len();
         Replicator {
             client: redis::Client::open(cfg.redis.as_str()).ok(),
@@ -93,6 +100,8 @@ impl Replicator {
             load_pending: status.active.load(Ordering::Relaxed),
             cfg,
             table,
+            live,
+            table_generation,
             events,
             controls,
             wakers,
@@ -112,6 +121,7 @@ impl Replicator {
     pub(super) fn run(mut self, stop: &AtomicBool) {
         let mut next_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            self.follow_reloads();
             self.drain();
             self.flush();
             let now = Instant::now();
@@ -132,6 +142,21 @@ impl Replicator {
             let me = self.load_key(&self.cfg.node);
             let _ = self.query::<()>(redis::cmd("DEL").arg(me));
         }
+    }
+
+    /// Takes the table a reload installed: destinations it added are
+    /// published, synced and adopted onto from now on, removed ones no
+    /// longer. Every destination's last known shared status is forgotten,
+    /// so the next tick reads (or writes) the shared hash for all of them
+    /// as at start.
+    fn follow_reloads(&mut self) {
+        let g = self.live.generation();
+        if g == self.table_generation {
+            return;
+        }
+        self.table_generation = g;
+        self.table = self.live.table();
+        self.last_status = vec![None; self.table.destinations().len()];
     }
 
     fn key(&self, h: u64) -> String {

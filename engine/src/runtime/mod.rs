@@ -355,7 +355,7 @@ impl Runtime {
             Some(h) => {
                 let ha_stop = Arc::new(AtomicBool::new(false));
                 let t = h
-                    .start(cfg.clone(), table.clone(), wakers.clone(), ha_stop.clone())
+                    .start(cfg.clone(), live.clone(), wakers.clone(), ha_stop.clone())
                     .map_err(|source| RuntimeError::Io {
                         what: "spawn HA thread",
                         source,
