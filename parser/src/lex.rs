@@ -9,18 +9,24 @@ pub(crate) const fn is_token(b: u8) -> bool {
     TOKEN[b as usize]
 }
 
-static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = matches!(b,
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
-            | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
-        i += 1;
-    }
-    t
-};
+/// A 256-entry lookup table, built at compile time, true for the bytes `b`
+/// for which `$class` holds.
+macro_rules! byte_table {
+    (|$b:ident| $class:expr) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let $b = i as u8;
+            t[i] = $class;
+            i += 1;
+        }
+        t
+    }};
+}
+
+static TOKEN: [bool; 256] = byte_table!(|b| matches!(b,
+    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+    | b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'));
 
 /// Characters of a host name (RFC 3261 `hostname`, plus `_` as seen in
 /// the wild): alphanum and `-._`.
@@ -29,16 +35,7 @@ pub(crate) const fn is_host_char(b: u8) -> bool {
     HOST[b as usize]
 }
 
-static HOST: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_');
-        i += 1;
-    }
-    t
-};
+static HOST: [bool; 256] = byte_table!(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_'));
 
 /// Characters of an unquoted Via parameter value: token, and the `:[]` of
 /// IPv6 addresses in `received`/`maddr`.
@@ -47,16 +44,7 @@ pub(crate) const fn is_via_param_value(b: u8) -> bool {
     VIA_PARAM[b as usize]
 }
 
-static VIA_PARAM: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        t[i] = TOKEN[i] || matches!(b, b':' | b'[' | b']');
-        i += 1;
-    }
-    t
-};
+static VIA_PARAM: [bool; 256] = byte_table!(|b| TOKEN[b as usize] || matches!(b, b':' | b'[' | b']'));
 
 /// True when `s` holds a byte at or below SP (white space, line breaks,
 /// control characters). Eight bytes at a time: a URI or a Call-ID is
