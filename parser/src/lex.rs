@@ -51,6 +51,18 @@ static VIA_PARAM: [bool; 256] = byte_table!(|b| TOKEN[b as usize] || matches!(b,
 /// 20-60 bytes long and this runs for several per message.
 #[inline]
 pub(crate) fn has_space_or_control(s: &[u8]) -> bool {
+    has_low_byte::<false>(s)
+}
+
+/// [`has_space_or_control`], or DEL (0x7f), in one pass.
+#[inline]
+pub(crate) fn has_space_control_or_del(s: &[u8]) -> bool {
+    has_low_byte::<true>(s)
+}
+
+/// A byte at or below SP, or (with `DEL`) a 0x7f, eight bytes at a time.
+#[inline]
+fn has_low_byte<const DEL: bool>(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = s.chunks_exact(8);
@@ -59,30 +71,18 @@ pub(crate) fn has_space_or_control(s: &[u8]) -> bool {
         w.copy_from_slice(c);
         let x = u64::from_le_bytes(w);
         // A flag for every byte below 0x21 (bytes of 0x80 and up, whose
-        // top bit is set in x, are never flagged).
-        if x.wrapping_sub(ONES * 0x21) & !x & HIGH != 0 {
+        // top bit is set in x, are never flagged); with DEL, also for every
+        // byte equal to 0x7f (zero after the XOR).
+        let mut flags = x.wrapping_sub(ONES * 0x21) & !x;
+        if DEL {
+            let del = x ^ (ONES * 0x7f);
+            flags |= del.wrapping_sub(ONES) & !del;
+        }
+        if flags & HIGH != 0 {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&b| b <= b' ')
-}
-
-/// [`has_space_or_control`], or DEL (0x7f), in one pass.
-#[inline]
-pub(crate) fn has_space_control_or_del(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w);
-        let del = x ^ (ONES * 0x7f);
-        if (x.wrapping_sub(ONES * 0x21) & !x | del.wrapping_sub(ONES) & !del) & HIGH != 0 {
-            return true;
-        }
-    }
-    chunks.remainder().iter().any(|&b| b <= b' ' || b == 0x7f)
+    chunks.remainder().iter().any(|&b| b <= b' ' || (DEL && b == 0x7f))
 }
 
 /// Linear white space as it appears inside a (possibly folded) header value.

@@ -755,26 +755,21 @@ impl Proxy {
             if ruri.is_empty() {
                 continue;
             }
-            let (routes, from, to, call_id) = (i.text(routes), i.text(from), i.text(to), i.text(CallId));
-            self.send_local_bye(now, local, dst, ruri, routes, from, to, call_id, cseq);
+            let parts = msg::ByeParts {
+                ruri,
+                routes: i.text(routes),
+                from: i.text(from),
+                to: i.text(to),
+                call_id: i.text(CallId),
+                cseq,
+            };
+            self.send_local_bye(now, local, dst, &parts);
         }
     }
 
     /// Sends a BYE of siplb's own as a client transaction of its own
     /// (retransmitted until answered or `fr_timeout`).
-    #[allow(clippy::too_many_arguments)]
-    fn send_local_bye(
-        &mut self,
-        now: Instant,
-        local: Local,
-        dst: SocketAddr,
-        ruri: &[u8],
-        routes: &[u8],
-        from: &[u8],
-        to: &[u8],
-        call_id: &[u8],
-        cseq: u32,
-    ) {
+    fn send_local_bye(&mut self, now: Instant, local: Local, dst: SocketAddr, parts: &msg::ByeParts<'_>) {
         let timers = self.cfg.timers;
         let t = Txn {
             origin: Origin::Local,
@@ -823,7 +818,7 @@ impl Proxy {
             Local::Public(_) => self.public_via.clone(),
             other => self.via_hosts[other.transport() as usize].clone(),
         };
-        let bye = msg::bye(&via, &branch, ruri, routes, from, to, call_id, cseq);
+        let bye = msg::bye(&via, &branch, parts);
         if let Some(t) = self.txns.get_mut(k) {
             t.out = bye.clone();
         }

@@ -379,21 +379,31 @@ pub fn cancel_for(sent: &Message<'_>) -> Vec<u8> {
     out
 }
 
+/// What a BYE siplb sends on its own (admin `dlg_end`) says about the
+/// dialog, as seen from the side it goes to.
+#[derive(Clone, Copy, Debug)]
+pub struct ByeParts<'a> {
+    pub ruri: &'a [u8],
+    /// The route set towards that side as one `Route` value (entries
+    /// joined by `", "`, in order; empty: no Route).
+    pub routes: &'a [u8],
+    pub from: &'a [u8],
+    pub to: &'a [u8],
+    pub call_id: &'a [u8],
+    pub cseq: u32,
+}
+
 /// A BYE siplb sends on its own (admin `dlg_end`): `via` is the sent-by
-/// part of its Via (`SIP/2.0/UDP host:port`), `routes` the route set
-/// towards that side as one `Route` value (entries joined by `", "`, in
-/// order; empty: no Route).
-#[allow(clippy::too_many_arguments)]
-pub fn bye(
-    via: &[u8],
-    branch: &[u8],
-    ruri: &[u8],
-    routes: &[u8],
-    from: &[u8],
-    to: &[u8],
-    call_id: &[u8],
-    cseq: u32,
-) -> Vec<u8> {
+/// part of its Via (`SIP/2.0/UDP host:port`).
+pub fn bye(via: &[u8], branch: &[u8], parts: &ByeParts<'_>) -> Vec<u8> {
+    let ByeParts {
+        ruri,
+        routes,
+        from,
+        to,
+        call_id,
+        cseq,
+    } = *parts;
     let mut out = Vec::with_capacity(400);
     out.extend_from_slice(b"BYE ");
     out.extend_from_slice(ruri);
