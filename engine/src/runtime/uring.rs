@@ -3,22 +3,29 @@
 //!
 //! Buffer ownership (the reason for the `unsafe` here):
 //! - receive buffers live in one `Vec<u8>` per worker, cut into `count`
-//!   slices of `size` bytes, lent to the kernel with `ProvideBuffers`
-//!   (group [`GROUP`]). A completion names the slice it filled; the worker
-//!   reads it, then lends it again. The `Vec` is never resized and outlives
-//!   the ring (fields drop in declaration order: the ring first).
+//!   slices of `size` bytes, lent to the kernel through a provided-buffer
+//!   ring (group [`GROUP`], `IORING_REGISTER_PBUF_RING`). A completion
+//!   names the slice it filled; the worker reads it, then lends it again by
+//!   writing a ring entry and moving the ring's tail (no submission, no
+//!   kernel allocation per datagram). The `Vec` and the ring's memory are
+//!   never resized and outlive the ring (fields drop in declaration order:
+//!   the ring first).
 //! - the `msghdr` template of the multishot receives is boxed and lives as
 //!   long as the ring.
 //! - each send owns a boxed [`SendOp`] (payload, iovec, address, msghdr)
 //!   kept in `sends` until its completion arrives, so every pointer handed
-//!   to the kernel stays valid and unmoved.
+//!   to the kernel stays valid and unmoved. The boxes are reused: a
+//!   completion drops the payload and frees the slot.
 //!
 //! When the kernel refuses io_uring (old kernel, seccomp, RLIMIT_MEMLOCK),
 //! [`Uring::new`] fails and the runtime uses epoll.
 
+use std::alloc::Layout;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -31,7 +38,7 @@ const KIND_SHIFT: u64 = 56;
 const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 const KIND_WAKE: u64 = 3;
-const KIND_PROVIDE: u64 = 4;
+const KIND_CANCEL: u64 = 4;
 const KIND_STREAM: u64 = 5;
 
 /// One datagram being sent; everything the kernel reads from stays here.
@@ -40,6 +47,67 @@ struct SendOp {
     addr: SockAddr,
     iov: libc::iovec,
     hdr: libc::msghdr,
+}
+
+/// The provided-buffer ring: entries the kernel takes receive buffers
+/// from. Page-aligned memory of `mask + 1` entries; the kernel reads the
+/// tail (kept in the first entry's reserved field) and the entries before
+/// it.
+struct BufRing {
+    entries: NonNull<types::BufRingEntry>,
+    layout: Layout,
+    mask: u16,
+    tail: u16,
+}
+
+impl BufRing {
+    /// Room for `count` entries (rounded up to a power of two).
+    fn new(count: u16) -> io::Result<BufRing> {
+        let n = usize::from(count.max(1)).next_power_of_two();
+        let mask = u16::try_from(n - 1).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let layout = Layout::from_size_align(n * std::mem::size_of::<types::BufRingEntry>(), 4096)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let entries = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(BufRing {
+            entries,
+            layout,
+            mask,
+            tail: 0,
+        })
+    }
+
+    /// Writes the entry after the tail; visible to the kernel after
+    /// [`BufRing::publish`].
+    fn push(&mut self, addr: *mut u8, len: usize, bid: u16) {
+        let i = usize::from(self.tail & self.mask);
+        // SAFETY: `i` <= mask, inside the allocation. The kernel only reads
+        // entries before the published tail, and this one is at or after it.
+        let entry = unsafe { &mut *self.entries.as_ptr().add(i) };
+        entry.set_addr(addr as u64);
+        entry.set_len(len as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the pushed entries available to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail is a u16 inside the first entry, suitably
+        // aligned; the kernel reads it with acquire semantics, so a release
+        // store orders the entry writes before it.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.entries.as_ptr()) as *const AtomicU16) };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout. The ring that used
+        // it is closed by now (it is declared before this field in
+        // `Uring`), and the kernel pins its own reference to the pages.
+        unsafe { std::alloc::dealloc(self.entries.as_ptr().cast(), self.layout) }
+    }
 }
 
 /// What a completion brought.
@@ -65,6 +133,7 @@ pub enum Event<'a> {
 /// A worker's ring.
 pub struct Uring {
     ring: IoUring,
+    buf_ring: BufRing,
     sockets: Vec<RawFd>,
     wake: RawFd,
     streams: RawFd,
@@ -72,7 +141,10 @@ pub struct Uring {
     bufs: Vec<u8>,
     size: usize,
     count: u16,
-    sends: Vec<Option<Box<SendOp>>>,
+    // Boxed: growing the Vec must not move an op the kernel points into.
+    #[allow(clippy::vec_box)]
+    sends: Vec<Box<SendOp>>,
+    /// Slots of `sends` whose send has completed.
     free_sends: Vec<usize>,
     /// Completions copied out of the queue: (user_data, result, flags).
     ready: Vec<(u64, i32, u32)>,
@@ -106,6 +178,7 @@ impl Uring {
         hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         Ok(Uring {
             ring,
+            buf_ring: BufRing::new(count)?,
             sockets: Vec::new(),
             wake: -1,
             streams: -1,
@@ -138,10 +211,23 @@ impl Uring {
     pub fn arm(&mut self, sockets: &[RawFd], wake: RawFd) -> io::Result<()> {
         self.sockets = sockets.to_vec();
         self.wake = wake;
-        let provide = opcode::ProvideBuffers::new(self.bufs.as_mut_ptr(), self.size as i32, self.count, GROUP, 0)
-            .build()
-            .user_data(KIND_PROVIDE << KIND_SHIFT);
-        self.push(provide)?;
+        // SAFETY: the ring memory is valid for its entries and lives as
+        // long as the ring (see `BufRing`).
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                self.buf_ring.entries.as_ptr() as u64,
+                self.buf_ring.mask + 1,
+                GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..self.count {
+            let start = usize::from(bid) * self.size;
+            // SAFETY: `start` is inside `bufs` (bid < count).
+            let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
+            self.buf_ring.push(ptr, self.size, bid);
+        }
+        self.buf_ring.publish();
         for i in 0..self.sockets.len() {
             self.arm_recv(i)?;
         }
@@ -156,8 +242,6 @@ impl Uring {
             let terminal = !cqueue::more(flags);
             if terminal && (kind == KIND_RECV || kind == KIND_WAKE) && res < 0 && res != -libc::ENOBUFS {
                 self.armed = self.armed.saturating_sub(1);
-                refused = Some(res);
-            } else if kind == KIND_PROVIDE && res < 0 {
                 refused = Some(res);
             }
         }
@@ -206,31 +290,31 @@ impl Uring {
 
     /// Queues one datagram.
     pub fn send(&mut self, fd: RawFd, dst: SocketAddr, payload: Vec<u8>) -> io::Result<()> {
-        let addr = SockAddr::from(dst);
-        let mut op = Box::new(SendOp {
-            payload,
-            addr,
-            // SAFETY: all-zero iovec/msghdr are valid; filled below.
-            iov: unsafe { std::mem::zeroed() },
-            hdr: unsafe { std::mem::zeroed() },
-        });
+        let slot = match self.free_sends.pop() {
+            Some(s) => s,
+            None => {
+                self.sends.push(Box::new(SendOp {
+                    payload: Vec::new(),
+                    addr: SockAddr::from(dst),
+                    // SAFETY: all-zero iovec/msghdr are valid; filled below.
+                    iov: unsafe { std::mem::zeroed() },
+                    hdr: unsafe { std::mem::zeroed() },
+                }));
+                self.sends.len() - 1
+            }
+        };
+        let op = &mut *self.sends[slot];
+        op.payload = payload;
+        op.addr = SockAddr::from(dst);
         op.iov.iov_base = op.payload.as_mut_ptr().cast();
         op.iov.iov_len = op.payload.len();
         op.hdr.msg_name = op.addr.as_ptr() as *mut libc::c_void;
         op.hdr.msg_namelen = op.addr.len();
         op.hdr.msg_iov = &mut op.iov;
         op.hdr.msg_iovlen = 1;
-        let slot = match self.free_sends.pop() {
-            Some(s) => s,
-            None => {
-                self.sends.push(None);
-                self.sends.len() - 1
-            }
-        };
         let e = opcode::SendMsg::new(types::Fd(fd), &op.hdr as *const libc::msghdr)
             .build()
             .user_data(KIND_SEND << KIND_SHIFT | slot as u64);
-        self.sends[slot] = Some(op);
         self.push(e)
     }
 
@@ -300,8 +384,8 @@ impl Uring {
                     if res < 0 {
                         send_errors += 1;
                     }
-                    if let Some(slot) = self.sends.get_mut(idx) {
-                        *slot = None;
+                    if let Some(op) = self.sends.get_mut(idx) {
+                        op.payload = Vec::new();
                         self.free_sends.push(idx);
                     }
                 }
@@ -324,20 +408,19 @@ impl Uring {
         }
         self.ready = ready;
         self.ready.clear();
-        let returns = std::mem::take(&mut self.to_return);
-        for &bid in &returns {
-            let start = usize::from(bid) * self.size;
-            // SAFETY: `start` is inside `bufs` (bid < count), and the
-            // slice is handed back to the kernel, which owns it until the
-            // next completion that names it.
-            let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
-            let e = opcode::ProvideBuffers::new(ptr, self.size as i32, 1, GROUP, bid)
-                .build()
-                .user_data(KIND_PROVIDE << KIND_SHIFT);
-            self.push(e)?;
+        if !self.to_return.is_empty() {
+            for i in 0..self.to_return.len() {
+                let bid = self.to_return[i];
+                let start = usize::from(bid) * self.size;
+                // SAFETY: `start` is inside `bufs` (bid < count), and the
+                // slice is handed back to the kernel, which owns it until
+                // the next completion that names it.
+                let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
+                self.buf_ring.push(ptr, self.size, bid);
+            }
+            self.buf_ring.publish();
+            self.to_return.clear();
         }
-        self.to_return = returns;
-        self.to_return.clear();
         Ok(send_errors)
     }
 }
@@ -351,14 +434,14 @@ impl Drop for Uring {
     fn drop(&mut self) {
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
             .build()
-            .user_data(KIND_PROVIDE << KIND_SHIFT);
+            .user_data(KIND_CANCEL << KIND_SHIFT);
         // SAFETY: the cancel entry points at no memory.
         if unsafe { self.ring.submission().push(&cancel) }.is_err() {
             let _ = self.ring.submit();
             // SAFETY: as above.
             let _ = unsafe { self.ring.submission().push(&cancel) };
         }
-        let mut pending_sends = self.sends.iter().filter(|s| s.is_some()).count();
+        let mut pending_sends = self.sends.len() - self.free_sends.len();
         for _ in 0..100 {
             if self.armed == 0 && pending_sends == 0 {
                 break;
