@@ -110,6 +110,33 @@ fn finished_transactions_linger_as_configured() {
 }
 
 #[test]
+fn ended_dialogs_leave_no_lifetime_timers_behind() {
+    // Timers are cancelled lazily, and a dialog's lifetime timer (1 h here,
+    // 12 h by default) outlives a one-second call by far: 3,000 calls left
+    // 6,000 dead entries queued for the whole lifetime (two per dialog),
+    // a leak at carrier rates. The proxy arms one per dialog and sweeps the
+    // dead ones once they outnumber the live owners.
+    let config = config_text(&[(5081, "pstn=1000;vm=5")], "linger = \"5s\"")
+        .replace("dialog_lifetime = \"60s\"", "dialog_lifetime = \"1h\"");
+    let mut w = World::new(&config, 1, CLEAN);
+    w.uas
+        .push(Uas::new(addr("127.0.0.1:5081"), Box::new(|_| (answer(), None))));
+    for i in 0..3000u64 {
+        w.uac.add_call(w.base, plan(i * 10));
+    }
+    w.run_checked(w.base + Duration::from_secs(45)).unwrap();
+    assert_eq!(w.stat("processed_dialogs"), 3000);
+    assert_eq!((w.proxy.dialogs(), w.proxy.transactions()), (0, 0));
+    let pending = w.proxy.pending_timers();
+    assert!(
+        pending < 1500,
+        "{pending} timer entries left for 0 dialogs and 0 transactions"
+    );
+    finish(&mut w);
+    assert!(w.uac.outcomes().iter().all(|o| o.1 == sim::Outcome::Answered && o.2));
+}
+
+#[test]
 fn reinvite_passes_through_the_dialog() {
     let mut w = world(&[(5081, "pstn=2", answer(), None)], "", 26, CLEAN);
     let mut p = plan(0);

@@ -130,6 +130,10 @@ pub use transport::{ConnId, Transport};
 /// Granularity of the timer wheel: timers fire at most this much late.
 const TICK: Duration = Duration::from_millis(10);
 
+/// Dead far timer entries tolerated beyond twice the live owners before
+/// they are swept (see `Proxy::compact_timers`).
+const FAR_SLACK: usize = 1024;
+
 /// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
 const T4: Duration = Duration::from_secs(5);
 
@@ -493,6 +497,12 @@ impl Proxy {
         self.dialogs.len()
     }
 
+    /// Pending timer entries, stale ones included (cancellation is lazy;
+    /// see `compact_timers`).
+    pub fn pending_timers(&self) -> usize {
+        self.timers.len()
+    }
+
     /// The load reservations held by live dialogs.
     pub fn holds(&self) -> impl Iterator<Item = Hold> + '_ {
         self.dialogs.iter().filter_map(|(_, d)| d.hold)
@@ -631,13 +641,35 @@ impl Proxy {
                 TimerRef::Txn(index, generation) => self.txn_timeout(now, Key { index, generation }),
                 TimerRef::Dialog(index, generation) => {
                     let k = Key { index, generation };
-                    if self.dialogs.get(k).is_some_and(|d| d.expires <= now) {
-                        self.end_dialog(k, End::Expired);
+                    match self.dialogs.get(k).map(|d| d.expires) {
+                        Some(expires) if expires <= now => self.end_dialog(k, End::Expired),
+                        Some(expires) => self.schedule(expires, TimerRef::Dialog(index, generation)),
+                        None => {}
                     }
                 }
             }
         }
         self.expired = due;
+        self.compact_timers();
+    }
+
+    /// Drops the far timer entries (beyond the wheel's span) whose dialog
+    /// or transaction is gone. Timers are cancelled lazily, and a dialog's
+    /// lifetime timer (12 h by default) would otherwise stay queued for the
+    /// whole lifetime after a call of a few seconds: 32 bytes per call,
+    /// 0.6 GB per hour at 5,000 calls/s, in a heap that grows by copying.
+    /// Runs when dead entries may outnumber live owners, so the cost is
+    /// O(1) amortised per entry.
+    fn compact_timers(&mut self) {
+        let live = self.dialogs.len() + self.txns.len();
+        if self.timers.far_len() <= 2 * live + FAR_SLACK {
+            return;
+        }
+        let (dialogs, txns) = (&self.dialogs, &self.txns);
+        self.timers.retain_far(|r| match *r {
+            TimerRef::Dialog(index, generation) => dialogs.get(Key { index, generation }).is_some(),
+            TimerRef::Txn(index, generation) => txns.get(Key { index, generation }).is_some(),
+        });
     }
 
     /// Answers a control-plane message (see the module docs).
@@ -2038,6 +2070,10 @@ impl Proxy {
         let Some(d) = self.dialogs.get_mut(k) else { return };
         if d.state == DialogState::Early {
             d.state = DialogState::Confirmed;
+            // The early dialog's timer (same lifetime, armed earlier) fires
+            // first and re-arms itself at the new expiry: one timer entry
+            // per dialog, not two.
+            let rearm = now + lifetime < d.expires;
             d.expires = now + lifetime;
             let info = &mut d.info;
             info.set(Field::To, ok.header(b"To").map_or(&b""[..], |h| h.value));
@@ -2067,7 +2103,9 @@ impl Proxy {
                     }));
                 }
             }
-            self.schedule(now + lifetime, TimerRef::Dialog(k.index, k.generation));
+            if rearm {
+                self.schedule(now + lifetime, TimerRef::Dialog(k.index, k.generation));
+            }
         }
     }
 

@@ -57,6 +57,20 @@ impl<T: Ord> TimerWheel<T> {
         self.len == 0
     }
 
+    /// Entries beyond the wheel's span (in the heap).
+    pub fn far_len(&self) -> usize {
+        self.far.len()
+    }
+
+    /// Drops the entries beyond the wheel's span that `keep` rejects: the
+    /// owner's way to sweep entries it has cancelled (lazily) long before
+    /// they come due. O(entries beyond the span).
+    pub fn retain_far(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        let before = self.far.len();
+        self.far.retain(|Reverse((_, _, v))| keep(v));
+        self.len -= before - self.far.len();
+    }
+
     /// Anchors the wheel's time axis; call with the current time before
     /// inserting (later calls do nothing).
     pub fn observe(&mut self, now: Instant) {
