@@ -130,6 +130,10 @@ pub use transport::{ConnId, Transport};
 /// Granularity of the timer wheel: timers fire at most this much late.
 const TICK: Duration = Duration::from_millis(10);
 
+/// The most transaction-index entries reserved at start (32 bytes each
+/// once used; see `Proxy::new`).
+const MAX_INDEX_RESERVE: usize = 1 << 21;
+
 /// Dead far timer entries tolerated beyond twice the live owners before
 /// they are swept (see `Proxy::compact_timers`).
 const FAR_SLACK: usize = 1024;
@@ -455,7 +459,11 @@ impl Proxy {
             ],
             ours,
             txns: Slab::new(cfg.limits.max_transactions, 0),
-            index: HashMap::new(),
+            // Sized once for the transaction limit: growing it rehashes
+            // every entry at once, a 10-40 ms stall of the worker past a few
+            // hundred thousand entries, long enough to overflow the socket
+            // buffers at 15,000 calls/s (drops, then 500 ms retransmissions).
+            index: HashMap::with_capacity(cfg.limits.max_transactions.min(MAX_INDEX_RESERVE)),
             dialogs: Slab::new(cfg.limits.max_dialogs, 0),
             timers: TimerWheel::new(TICK),
             expired: Vec::new(),
