@@ -3,6 +3,8 @@
 //! All functions work on borrowed bytes and return sub-slices or offsets;
 //! none of them allocates or panics on any input.
 
+use crate::simd;
+
 /// RFC 3261 `token` characters: alphanum and `-.!%*_+`'~`.
 #[inline]
 pub(crate) const fn is_token(b: u8) -> bool {
@@ -140,11 +142,11 @@ pub(crate) fn parse_u32(s: &[u8], max_digits: usize) -> Option<u32> {
 pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
     let mut i = from;
     loop {
-        let j = i + memchr::memchr3(sep, b'"', b'<', s.get(i..)?)?;
+        let j = find_mask(s, i, |block| simd::eq3(block, sep, b'"', b'<'))?;
         match s[j] {
             b if b == sep => return Some(j),
             b'"' => i = closing_quote(s, j)? + 1,
-            _ => i = j + 1 + memchr::memchr(b'>', &s[j + 1..])? + 1,
+            _ => i = find_byte(s, j + 1, b'>')? + 1,
         }
     }
 }
@@ -153,7 +155,7 @@ pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
 pub(crate) fn closing_quote(s: &[u8], open: usize) -> Option<usize> {
     let mut i = open + 1;
     loop {
-        let j = i + memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        let j = find_mask(s, i, |block| simd::eq2(block, b'"', b'\\'))?;
         if s[j] == b'"' {
             return Some(j);
         }
@@ -263,42 +265,78 @@ impl<'a> Iterator for Params<'a> {
 }
 
 /// Offset of the first LF at or after `from`.
-///
-/// Header lines are short (30-80 bytes), where the set-up of a vectorised
-/// search costs more than it saves; eight bytes at a time in a register
-/// (SWAR) is cheaper for them.
 #[inline]
 pub(crate) fn find_lf(s: &[u8], from: usize) -> Option<usize> {
     find_byte(s, from, b'\n')
 }
 
-/// Offset of the first `byte` at or after `from`, eight bytes at a time
-/// (see [`find_lf`]; for the short strings inside a header value this is
-/// cheaper than a call to `memchr`).
+/// Offset of the first `byte` at or after `from`, sixteen bytes at a time
+/// (see [`crate::simd`]; for the 10-100-byte strings of a SIP message this
+/// is cheaper than a call to `memchr`).
 #[inline]
 pub(crate) fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let pattern = ONES * u64::from(byte);
+    find_mask(s, from, |block| simd::eq(block, byte))
+}
+
+/// Offset of the first byte at or after `from` whose bit `mask` sets in
+/// its 16-byte block. Whole blocks first; the last partial block is read
+/// as the final 16 bytes of `s` (overlapping what was already searched,
+/// whose bits are masked off), so there is no byte-by-byte tail unless `s`
+/// is shorter than a block.
+#[inline(always)]
+pub(crate) fn find_mask(s: &[u8], from: usize, mask: impl Fn(&simd::Block) -> u32) -> Option<usize> {
     let mut i = from;
-    while i + 8 <= s.len() {
-        let mut chunk = [0u8; 8];
-        chunk.copy_from_slice(&s[i..i + 8]);
-        let x = u64::from_le_bytes(chunk) ^ pattern;
-        // The lowest flagged byte is exactly the first zero byte of x.
-        let zero = x.wrapping_sub(ONES) & !x & HIGH;
-        if zero != 0 {
-            return Some(i + (zero.trailing_zeros() / 8) as usize);
+    while let Some(block) = s.get(i..).and_then(|t| t.first_chunk::<16>()) {
+        let m = mask(block);
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
         }
-        i += 8;
+        i += 16;
     }
-    while i < s.len() {
-        if s[i] == byte {
-            return Some(i);
+    if i >= s.len() {
+        return None;
+    }
+    let last = s.len().checked_sub(16);
+    let (base, block) = match last.and_then(|l| Some((l, s.last_chunk::<16>()?))) {
+        Some(found) => found,
+        None => {
+            // Shorter than a block: padded, and bits past the end ignored.
+            let mut block = [0u8; 16];
+            block[..s.len()].copy_from_slice(s);
+            return first_set(mask(&block), i, s.len());
         }
-        i += 1;
+    };
+    let m = mask(block) >> (i - base);
+    if m != 0 {
+        Some(i + m.trailing_zeros() as usize)
+    } else {
+        None
     }
-    None
+}
+
+/// Offset of the last `byte` in `s`, sixteen bytes at a time from the end.
+#[inline]
+pub(crate) fn rfind_byte(s: &[u8], byte: u8) -> Option<usize> {
+    let mut end = s.len();
+    while let Some(block) = s[..end].last_chunk::<16>() {
+        let m = simd::eq(block, byte);
+        if m != 0 {
+            return Some(end + 15 - m.leading_zeros() as usize);
+        }
+        end -= 16;
+    }
+    s[..end].iter().rposition(|&b| b == byte)
+}
+
+/// The first set bit of `m` at or after `from`, if below `len`.
+#[inline(always)]
+fn first_set(m: u32, from: usize, len: usize) -> Option<usize> {
+    let m = m >> from;
+    if m == 0 {
+        return None;
+    }
+    let at = from + m.trailing_zeros() as usize;
+    (at < len).then_some(at)
 }
 
 /// Case-insensitive ASCII comparison.
@@ -377,10 +415,27 @@ mod tests {
 
     #[test]
     fn find_lf_matches_a_plain_search() {
-        let text = b"ab\ncdefghijklmnop\n\nqrstuvwxyz0123456789\x8a\x0b\n";
-        for from in 0..text.len() {
-            let expected = text[from..].iter().position(|&b| b == b'\n').map(|p| p + from);
-            assert_eq!(find_lf(text, from), expected, "from {from}");
+        let text = b"ab\ncdefghijklmnop\n\nqrstuvwxyz0123456789\x8a\x0b\nABCDEFGHIJKLMNOPQRSTUVWXYZ-+-+-+-+-+-+-+\n";
+        for len in 0..=text.len() {
+            let text = &text[..len];
+            for from in 0..text.len() + 2 {
+                let expected = text
+                    .get(from..)
+                    .and_then(|t| t.iter().position(|&b| b == b'\n'))
+                    .map(|p| p + from);
+                assert_eq!(find_lf(text, from), expected, "len {len} from {from}");
+                let expected = text
+                    .get(from..)
+                    .and_then(|t| t.iter().position(|&b| b == 0))
+                    .map(|p| p + from);
+                assert_eq!(find_byte(text, from, 0), expected, "len {len} from {from}");
+            }
+        }
+        for len in 0..=text.len() {
+            let text = &text[..len];
+            for b in [b'\n', b'a', b'+', 0] {
+                assert_eq!(rfind_byte(text, b), text.iter().rposition(|&c| c == b), "len {len}");
+            }
         }
         assert_eq!(find_lf(b"", 0), None);
         assert_eq!(find_lf(b"abc", 5), None);
