@@ -62,29 +62,28 @@ pub(crate) fn has_space_control_or_del(s: &[u8]) -> bool {
     has_low_byte::<true>(s)
 }
 
-/// A byte at or below SP, or (with `DEL`) a 0x7f, eight bytes at a time.
+/// A byte at or below SP, or (with `DEL`) a 0x7f, sixteen bytes at a time.
 #[inline]
 fn has_low_byte<const DEL: bool>(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w);
-        // A flag for every byte below 0x21 (bytes of 0x80 and up, whose
-        // top bit is set in x, are never flagged); with DEL, also for every
-        // byte equal to 0x7f (zero after the XOR).
-        let mut flags = x.wrapping_sub(ONES * 0x21) & !x;
+    find_mask(s, 0, |block| {
+        let low = simd::at_most(block, b' ');
         if DEL {
-            let del = x ^ (ONES * 0x7f);
-            flags |= del.wrapping_sub(ONES) & !del;
+            low | simd::eq(block, 0x7f)
+        } else {
+            low
         }
-        if flags & HIGH != 0 {
-            return true;
-        }
-    }
-    chunks.remainder().iter().any(|&b| b <= b' ' || (DEL && b == 0x7f))
+    })
+    .is_some()
+}
+
+/// True when `s` holds a control character other than HT (bytes below SP,
+/// and DEL): what a start line must not contain.
+#[inline]
+pub(crate) fn has_control(s: &[u8]) -> bool {
+    find_mask(s, 0, |block| {
+        simd::at_most(block, 0x1f) & !simd::eq(block, b'\t') | simd::eq(block, 0x7f)
+    })
+    .is_some()
 }
 
 /// Linear white space as it appears inside a (possibly folded) header value.
@@ -139,6 +138,7 @@ pub(crate) fn parse_u32(s: &[u8], max_digits: usize) -> Option<u32> {
 /// Finds the next separator `sep` at nesting depth zero: outside quoted
 /// strings (with backslash escapes) and outside `<...>`. Returns its offset.
 /// An unterminated quote or angle bracket hides the rest of the input.
+#[inline]
 pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
     let mut i = from;
     loop {
@@ -180,6 +180,7 @@ impl<'a> CommaSplit<'a> {
 impl Iterator for CommaSplit<'_> {
     type Item = (usize, usize);
 
+    #[inline(always)]
     fn next(&mut self) -> Option<(usize, usize)> {
         while self.pos <= self.s.len() {
             let start = self.pos;
@@ -285,15 +286,16 @@ pub(crate) fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
 /// is shorter than a block.
 #[inline(always)]
 pub(crate) fn find_mask(s: &[u8], from: usize, mask: impl Fn(&simd::Block) -> u32) -> Option<usize> {
+    let mut blocks = s.get(from..)?.chunks_exact(16);
     let mut i = from;
-    while let Some(block) = s.get(i..).and_then(|t| t.first_chunk::<16>()) {
-        let m = mask(block);
+    for block in &mut blocks {
+        let m = mask(block.try_into().unwrap_or(&[0; 16]));
         if m != 0 {
             return Some(i + m.trailing_zeros() as usize);
         }
         i += 16;
     }
-    if i >= s.len() {
+    if blocks.remainder().is_empty() {
         return None;
     }
     let last = s.len().checked_sub(16);
@@ -411,6 +413,19 @@ mod tests {
             }
         }
         assert!(!has_space_or_control(b""));
+        let mut s = *b"INVITE sip:+15551234567@lb.carrier.example.net;user=phone SIP/2.0";
+        for i in 0..s.len() {
+            for b in 0..=255u8 {
+                let old = s[i];
+                s[i] = b;
+                for len in [i + 1, s.len()] {
+                    let part = &s[..len];
+                    let plain = part.iter().any(|&c| c < b' ' && c != b'\t' || c == 0x7f);
+                    assert_eq!(has_control(part), plain, "{part:?}");
+                }
+                s[i] = old;
+            }
+        }
     }
 
     #[test]

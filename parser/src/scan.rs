@@ -26,7 +26,7 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     /// The line starting at `from`.
-    #[inline]
+    #[inline(always)]
     fn line(&mut self, from: usize) -> Result<Line, Error> {
         let Some(lf) = lex::find_lf(&self.buf[..self.limit], from) else {
             return Ok(Line::Missing);
@@ -426,7 +426,7 @@ fn parse_cseq(v: &[u8]) -> Option<CSeq<'_>> {
 }
 
 fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
-    if line.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
+    if lex::has_control(line) {
         return Err(Error::new(ErrorKind::BadStartLine, at));
     }
     if line.len() >= 4 && lex::eq_ic(&line[..4], b"SIP/") {

@@ -35,6 +35,12 @@ pub(crate) fn eq3(block: &Block, a: u8, b: u8, c: u8) -> u32 {
     imp::eq3(block, a, b, c)
 }
 
+/// Bytes at or below `max` (unsigned).
+#[inline(always)]
+pub(crate) fn at_most(block: &Block, max: u8) -> u32 {
+    imp::at_most(block, max)
+}
+
 /// Bytes that are ASCII letters, digits or `-`: the characters of nearly
 /// every header name (a subset of `token`).
 #[inline(always)]
@@ -60,6 +66,13 @@ mod imp {
         // SAFETY: SSE2 is enabled (see the `cfg` above); register-only
         // operations.
         unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8))) as u32 }
+    }
+
+    #[inline(always)]
+    pub(super) fn at_most(block: &Block, max: u8) -> u32 {
+        let v = load(block);
+        // SAFETY: as in `eq`.
+        unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(max as i8)), v)) as u32 }
     }
 
     #[inline(always)]
@@ -128,6 +141,11 @@ mod imp {
     }
 
     #[inline(always)]
+    pub(super) fn at_most(block: &Block, max: u8) -> u32 {
+        mask(block, |x| x <= max)
+    }
+
+    #[inline(always)]
     pub(super) fn eq2(block: &Block, a: u8, b: u8) -> u32 {
         mask(block, |x| x == a || x == b)
     }
@@ -163,6 +181,9 @@ mod tests {
                 block[i] = b;
                 assert_eq!(eq(&block, b'\n'), plain(&block, |x| x == b'\n'));
                 assert_eq!(eq(&block, b), plain(&block, |x| x == b));
+                for max in [0, 0x1f, 0x20, b, 0x7f, 0xff] {
+                    assert_eq!(at_most(&block, max), plain(&block, |x| x <= max));
+                }
                 assert_eq!(eq2(&block, b'"', b'\\'), plain(&block, |x| matches!(x, b'"' | b'\\')));
                 assert_eq!(
                     eq3(&block, b',', b'"', b'<'),
