@@ -363,18 +363,27 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
     // bytes and followed directly by the colon: one block settles it.
     // The block may extend past the line; only bytes before the first
     // non-name byte are looked at.
-    let fast = buf.get(start..).and_then(|t| t.first_chunk::<16>()).map_or(0, |block| {
+    let fast = buf.get(start..).and_then(|t| t.first_chunk::<16>()).and_then(|block| {
         let n = (!simd::name_chars(block)).trailing_zeros() as usize;
-        if n < 16 && line.get(n) == Some(&b':') {
-            n
-        } else {
-            0
+        if n == 0 || n >= 16 || line.get(n) != Some(&b':') {
+            return None;
         }
+        // The name's bytes, with bit 0x20 set, zero past its end.
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&block[at..at + 8]);
+            u64::from_le_bytes(w) | 0x2020_2020_2020_2020
+        };
+        let keep = |len: usize| if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+        let key = (word(0) & keep(n), if n > 8 { word(8) & keep(n - 8) } else { 0 });
+        Some((n, HeaderKind::from_key(key)))
     });
-    let (name_end, colon) = if fast > 0 {
-        (fast, fast)
-    } else {
-        name_and_colon(line).ok_or(Error::new(ErrorKind::BadHeader, start))?
+    let (name_end, colon, kind) = match fast {
+        Some((n, kind)) => (n, n, kind),
+        None => {
+            let (name_end, colon) = name_and_colon(line).ok_or(Error::new(ErrorKind::BadHeader, start))?;
+            (name_end, colon, HeaderKind::classify(&line[..name_end]))
+        }
     };
     let mut a = colon + 1;
     let mut b = line.len();
@@ -385,7 +394,7 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
         b -= 1;
     }
     let entry = HeaderEntry {
-        kind: HeaderKind::classify(&line[..name_end]),
+        kind,
         gap: u8::try_from(a - name_end).unwrap_or(u8::MAX),
         start: start as u16,
         name_end: (start + name_end) as u16,

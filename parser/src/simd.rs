@@ -48,6 +48,13 @@ pub(crate) fn name_chars(block: &Block) -> u32 {
     imp::name_chars(block)
 }
 
+/// Bytes that are ASCII letters, digits, `-`, `.` or `_`: the characters
+/// of a host name, and most of those of tokens and parameter values.
+#[inline(always)]
+pub(crate) fn host_chars(block: &Block) -> u32 {
+    name_chars(block) | eq2(block, b'.', b'_')
+}
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 mod imp {
     use super::Block;
@@ -188,6 +195,10 @@ mod tests {
                 assert_eq!(
                     eq3(&block, b',', b'"', b'<'),
                     plain(&block, |x| matches!(x, b',' | b'"' | b'<'))
+                );
+                assert_eq!(
+                    host_chars(&block),
+                    plain(&block, |x| x.is_ascii_alphanumeric() || matches!(x, b'-' | b'.' | b'_'))
                 );
                 assert_eq!(
                     name_chars(&block),

@@ -169,7 +169,7 @@ pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s.iter().position(|&b| !crate::lex::is_host_char(b)).unwrap_or(s.len());
+    let end = lex::skip_run(s, 0, lex::is_host_char);
     let host = &s[..end];
     if host.is_empty()
         || !matches!(
