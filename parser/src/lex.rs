@@ -259,19 +259,19 @@ impl<'a> Iterator for Params<'a> {
             let start = self.pos;
             let mut eq = None;
             let mut i = start;
-            while i < s.len() {
-                match s[i] {
-                    b';' => break,
-                    b'=' if eq.is_none() => eq = Some(i),
-                    b'"' => match closing_quote(s, i) {
-                        Some(close) => i = close,
-                        None => i = s.len() - 1,
-                    },
-                    _ => {}
+            let end = loop {
+                let j = find_mask(s, i, |block| simd::eq3(block, b';', b'=', b'"')).unwrap_or(s.len());
+                match s.get(j) {
+                    None | Some(b';') => break j,
+                    Some(b'=') => {
+                        eq = eq.or(Some(j));
+                        i = j + 1;
+                    }
+                    // A quote: skip the quoted string (all of the rest when
+                    // it is not closed).
+                    Some(_) => i = closing_quote(s, j).map_or(s.len(), |close| close + 1),
                 }
-                i += 1;
-            }
-            let end = i.min(s.len());
+            };
             self.pos = end + 1;
             let (name, value) = match eq {
                 Some(eq) => (trim(&s[start..eq]), Some(trim(&s[eq + 1..end]))),
@@ -443,6 +443,55 @@ mod tests {
                     assert_eq!(has_control(part), plain, "{part:?}");
                 }
                 s[i] = old;
+            }
+        }
+    }
+
+    /// Params as a byte-by-byte loop, for comparison.
+    fn params_plain(s: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < s.len() {
+            let start = pos;
+            let mut eq = None;
+            let mut i = start;
+            while i < s.len() {
+                match s[i] {
+                    b';' => break,
+                    b'=' if eq.is_none() => eq = Some(i),
+                    b'"' => match closing_quote(s, i) {
+                        Some(close) => i = close,
+                        None => i = s.len() - 1,
+                    },
+                    _ => {}
+                }
+                i += 1;
+            }
+            let end = i.min(s.len());
+            pos = end + 1;
+            let (name, value) = match eq {
+                Some(eq) => (trim(&s[start..eq]), Some(trim(&s[eq + 1..end]))),
+                None => (trim(&s[start..end]), None),
+            };
+            if !name.is_empty() {
+                out.push((name, value));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn params_match_a_plain_loop() {
+        let text = b";tag=as4f9c2e1b ; lr;x=\"a;b=\\\"c\";;==;ftag=a=b;q=\"open;w=0;d=17;transport=udp;maddr=[::1]";
+        for a in 0..=text.len() {
+            for b in a..=text.len() {
+                let s = &text[a..b];
+                assert_eq!(
+                    Params::new(s).collect::<Vec<_>>(),
+                    params_plain(s),
+                    "{:?}",
+                    String::from_utf8_lossy(s)
+                );
             }
         }
     }

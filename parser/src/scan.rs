@@ -363,24 +363,12 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
     // bytes and followed directly by the colon: one block settles it.
     // The block may extend past the line; only bytes before the first
     // non-name byte are looked at.
-    let fast = buf.get(start..).and_then(|t| t.first_chunk::<16>()).and_then(|block| {
-        let n = (!simd::name_chars(block)).trailing_zeros() as usize;
-        if n == 0 || n >= 16 || line.get(n) != Some(&b':') {
-            return None;
+    let (name_end, colon, kind) = match buf.get(start..).and_then(|t| t.first_chunk::<16>()) {
+        Some(block) if fast_name(block, line) > 0 => {
+            let n = fast_name(block, line);
+            (n, n, HeaderKind::from_key(name_key(block, n)))
         }
-        // The name's bytes, with bit 0x20 set, zero past its end.
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&block[at..at + 8]);
-            u64::from_le_bytes(w) | 0x2020_2020_2020_2020
-        };
-        let keep = |len: usize| if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
-        let key = (word(0) & keep(n), if n > 8 { word(8) & keep(n - 8) } else { 0 });
-        Some((n, HeaderKind::from_key(key)))
-    });
-    let (name_end, colon, kind) = match fast {
-        Some((n, kind)) => (n, n, kind),
-        None => {
+        _ => {
             let (name_end, colon) = name_and_colon(line).ok_or(Error::new(ErrorKind::BadHeader, start))?;
             (name_end, colon, HeaderKind::classify(&line[..name_end]))
         }
@@ -403,6 +391,32 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
     let value = Span::new(start + a, start + b);
     debug_assert_eq!(entry.value(buf), value);
     Ok((entry, value))
+}
+
+/// The length of a name of letters, digits and dashes, shorter than 16
+/// bytes and followed directly by the colon, that starts `block` (the
+/// first bytes of `line`); 0 for any other line.
+#[inline(always)]
+fn fast_name(block: &simd::Block, line: &[u8]) -> usize {
+    let n = (!simd::name_chars(block)).trailing_zeros() as usize;
+    if n < 16 && line.get(n) == Some(&b':') {
+        n
+    } else {
+        0
+    }
+}
+
+/// The first `n` (< 16) bytes of `block` with bit 0x20 set in each, zero
+/// past them: the key [`HeaderKind::from_key`] takes.
+#[inline(always)]
+fn name_key(block: &simd::Block, n: usize) -> (u64, u64) {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&block[at..at + 8]);
+        u64::from_le_bytes(w) | 0x2020_2020_2020_2020
+    };
+    let keep = |len: usize| if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+    (word(0) & keep(n), if n > 8 { word(8) & keep(n - 8) } else { 0 })
 }
 
 /// The general case of [`header_line`]: token characters, then optional
