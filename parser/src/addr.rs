@@ -67,7 +67,7 @@ impl<'a> NameAddr<'a> {
             // A display name must be followed by <uri>.
             return Err(bad);
         }
-        let semi = memchr::memchr(b';', rest).unwrap_or(rest.len());
+        let semi = lex::find_byte(rest, 0, b';').unwrap_or(rest.len());
         let uri = lex::trim(&rest[..semi]);
         if uri.is_empty()
             || uri

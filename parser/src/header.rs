@@ -103,6 +103,58 @@ impl HeaderKind {
         }
     }
 
+    /// [`HeaderKind::classify`] for a name of letters, digits and dashes
+    /// shorter than 16 bytes, given as [`name_key`] of its bytes with
+    /// bit 0x20 set in each (which lower-cases letters and leaves digits
+    /// and dashes alone): one comparison tree over two words instead of a
+    /// dispatch and a byte comparison.
+    #[inline]
+    #[allow(non_upper_case_globals)]
+    pub(crate) fn from_key(key: (u64, u64)) -> HeaderKind {
+        macro_rules! table {
+            ($($name:literal => $kind:ident,)*) => {{
+                $(
+                    const $kind: (u64, u64) = name_key($name);
+                )*
+                match key {
+                    $($kind => HeaderKind::$kind,)*
+                    _ => HeaderKind::Other,
+                }
+            }};
+        }
+        // One arm per long name; the compact forms follow.
+        let kind = table! {
+            b"via" => Via,
+            b"route" => Route,
+            b"record-route" => RecordRoute,
+            b"max-forwards" => MaxForwards,
+            b"call-id" => CallId,
+            b"cseq" => CSeq,
+            b"from" => From,
+            b"to" => To,
+            b"contact" => Contact,
+            b"content-length" => ContentLength,
+            b"content-type" => ContentType,
+            b"supported" => Supported,
+            b"subject" => Subject,
+            b"event" => Event,
+            b"allow-events" => AllowEvents,
+            b"refer-to" => ReferTo,
+            b"referred-by" => ReferredBy,
+            b"session-expires" => SessionExpires,
+            b"accept-contact" => AcceptContact,
+            b"reject-contact" => RejectContact,
+            b"identity" => Identity,
+            b"expires" => Expires,
+        };
+        if kind != HeaderKind::Other || key.0 > 0xff {
+            return kind;
+        }
+        // A one-letter (compact) name; `content-encoding` and
+        // `request-disposition` are 16 bytes or longer and never get here.
+        HeaderKind::classify(&[key.0 as u8])
+    }
+
     /// The canonical (long) name, or `None` for [`HeaderKind::Other`].
     pub const fn canonical_name(self) -> Option<&'static str> {
         Some(match self {
@@ -133,6 +185,23 @@ impl HeaderKind {
             HeaderKind::Other => return None,
         })
     }
+}
+
+/// The bytes of a name shorter than 16 bytes as two little-endian words,
+/// zero past its end (names hold no zero byte, so the key identifies the
+/// name and its length).
+pub(crate) const fn name_key(name: &[u8]) -> (u64, u64) {
+    let mut key = (0u64, 0u64);
+    let mut i = 0;
+    while i < name.len() && i < 16 {
+        if i < 8 {
+            key.0 |= (name[i] as u64) << (8 * i);
+        } else {
+            key.1 |= (name[i] as u64) << (8 * (i - 8));
+        }
+        i += 1;
+    }
+    key
 }
 
 /// A SIP request method. Unknown extension methods are kept as `Other`.
@@ -230,6 +299,67 @@ mod tests {
             (b"z", HeaderKind::Other),
         ] {
             assert_eq!(HeaderKind::classify(name), kind, "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn from_key_agrees_with_classify() {
+        let mut names: Vec<Vec<u8>> = (b'a'..=b'z').map(|c| vec![c]).collect();
+        for kind in [
+            HeaderKind::Via,
+            HeaderKind::Route,
+            HeaderKind::RecordRoute,
+            HeaderKind::MaxForwards,
+            HeaderKind::CallId,
+            HeaderKind::CSeq,
+            HeaderKind::From,
+            HeaderKind::To,
+            HeaderKind::Contact,
+            HeaderKind::ContentLength,
+            HeaderKind::ContentType,
+            HeaderKind::ContentEncoding,
+            HeaderKind::Supported,
+            HeaderKind::Subject,
+            HeaderKind::Event,
+            HeaderKind::AllowEvents,
+            HeaderKind::ReferTo,
+            HeaderKind::ReferredBy,
+            HeaderKind::SessionExpires,
+            HeaderKind::AcceptContact,
+            HeaderKind::RejectContact,
+            HeaderKind::RequestDisposition,
+            HeaderKind::Identity,
+            HeaderKind::Expires,
+        ] {
+            let name = kind.canonical_name().unwrap().as_bytes();
+            names.push(name.to_vec());
+            // Near misses: one byte changed, one dropped, one added.
+            for i in 0..name.len() {
+                let mut n = name.to_vec();
+                n[i] = b'x';
+                names.push(n);
+                let mut n = name.to_vec();
+                n.remove(i);
+                names.push(n);
+                let mut n = name.to_vec();
+                n.insert(i, b'-');
+                names.push(n);
+            }
+        }
+        names.extend([&b"Allow"[..], b"User-Agent", b"P-Asserted-Identity", b"X-1", b"0"].map(|n| n.to_vec()));
+        for name in names {
+            for variant in [name.clone(), name.to_ascii_uppercase(), name.to_ascii_lowercase()] {
+                if variant.is_empty() || variant.len() >= 16 {
+                    continue;
+                }
+                let lowered: Vec<u8> = variant.iter().map(|b| b | 0x20).collect();
+                assert_eq!(
+                    HeaderKind::from_key(name_key(&lowered)),
+                    HeaderKind::classify(&variant),
+                    "{:?}",
+                    String::from_utf8_lossy(&variant)
+                );
+            }
         }
     }
 

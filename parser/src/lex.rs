@@ -3,6 +3,8 @@
 //! All functions work on borrowed bytes and return sub-slices or offsets;
 //! none of them allocates or panics on any input.
 
+use crate::simd;
+
 /// RFC 3261 `token` characters: alphanum and `-.!%*_+`'~`.
 #[inline]
 pub(crate) const fn is_token(b: u8) -> bool {
@@ -60,29 +62,47 @@ pub(crate) fn has_space_control_or_del(s: &[u8]) -> bool {
     has_low_byte::<true>(s)
 }
 
-/// A byte at or below SP, or (with `DEL`) a 0x7f, eight bytes at a time.
+/// A byte at or below SP, or (with `DEL`) a 0x7f, sixteen bytes at a time.
 #[inline]
 fn has_low_byte<const DEL: bool>(s: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = s.chunks_exact(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let x = u64::from_le_bytes(w);
-        // A flag for every byte below 0x21 (bytes of 0x80 and up, whose
-        // top bit is set in x, are never flagged); with DEL, also for every
-        // byte equal to 0x7f (zero after the XOR).
-        let mut flags = x.wrapping_sub(ONES * 0x21) & !x;
+    find_mask(s, 0, |block| {
+        let low = simd::at_most(block, b' ');
         if DEL {
-            let del = x ^ (ONES * 0x7f);
-            flags |= del.wrapping_sub(ONES) & !del;
+            low | simd::eq(block, 0x7f)
+        } else {
+            low
         }
-        if flags & HIGH != 0 {
-            return true;
+    })
+    .is_some()
+}
+
+/// True when `s` holds a control character other than HT (bytes below SP,
+/// and DEL): what a start line must not contain.
+#[inline]
+pub(crate) fn has_control(s: &[u8]) -> bool {
+    find_mask(s, 0, |block| {
+        simd::at_most(block, 0x1f) & !simd::eq(block, b'\t') | simd::eq(block, 0x7f)
+    })
+    .is_some()
+}
+
+/// The end of the run of bytes from `i` on for which `class` holds, where
+/// `class` includes every byte [`simd::host_chars`] flags (letters,
+/// digits, `-.\_`): sixteen bytes at a time over those, byte by byte over
+/// the others (token punctuation such as `!%*+`, the `:[]` of an IPv6
+/// address).
+#[inline(always)]
+pub(crate) fn skip_run(s: &[u8], mut i: usize, class: impl Fn(u8) -> bool) -> usize {
+    loop {
+        if i >= s.len() {
+            return i;
+        }
+        i = find_mask(s, i, |block| !simd::host_chars(block) & 0xffff).unwrap_or(s.len());
+        match s.get(i) {
+            Some(&b) if class(b) => i += 1,
+            _ => return i,
         }
     }
-    chunks.remainder().iter().any(|&b| b <= b' ' || (DEL && b == 0x7f))
 }
 
 /// Linear white space as it appears inside a (possibly folded) header value.
@@ -137,14 +157,15 @@ pub(crate) fn parse_u32(s: &[u8], max_digits: usize) -> Option<u32> {
 /// Finds the next separator `sep` at nesting depth zero: outside quoted
 /// strings (with backslash escapes) and outside `<...>`. Returns its offset.
 /// An unterminated quote or angle bracket hides the rest of the input.
+#[inline]
 pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
     let mut i = from;
     loop {
-        let j = i + memchr::memchr3(sep, b'"', b'<', s.get(i..)?)?;
+        let j = find_mask(s, i, |block| simd::eq3(block, sep, b'"', b'<'))?;
         match s[j] {
             b if b == sep => return Some(j),
             b'"' => i = closing_quote(s, j)? + 1,
-            _ => i = j + 1 + memchr::memchr(b'>', &s[j + 1..])? + 1,
+            _ => i = find_byte(s, j + 1, b'>')? + 1,
         }
     }
 }
@@ -153,7 +174,7 @@ pub(crate) fn find_unquoted(s: &[u8], from: usize, sep: u8) -> Option<usize> {
 pub(crate) fn closing_quote(s: &[u8], open: usize) -> Option<usize> {
     let mut i = open + 1;
     loop {
-        let j = i + memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        let j = find_mask(s, i, |block| simd::eq2(block, b'"', b'\\'))?;
         if s[j] == b'"' {
             return Some(j);
         }
@@ -178,6 +199,7 @@ impl<'a> CommaSplit<'a> {
 impl Iterator for CommaSplit<'_> {
     type Item = (usize, usize);
 
+    #[inline(always)]
     fn next(&mut self) -> Option<(usize, usize)> {
         while self.pos <= self.s.len() {
             let start = self.pos;
@@ -237,19 +259,19 @@ impl<'a> Iterator for Params<'a> {
             let start = self.pos;
             let mut eq = None;
             let mut i = start;
-            while i < s.len() {
-                match s[i] {
-                    b';' => break,
-                    b'=' if eq.is_none() => eq = Some(i),
-                    b'"' => match closing_quote(s, i) {
-                        Some(close) => i = close,
-                        None => i = s.len() - 1,
-                    },
-                    _ => {}
+            let end = loop {
+                let j = find_mask(s, i, |block| simd::eq3(block, b';', b'=', b'"')).unwrap_or(s.len());
+                match s.get(j) {
+                    None | Some(b';') => break j,
+                    Some(b'=') => {
+                        eq = eq.or(Some(j));
+                        i = j + 1;
+                    }
+                    // A quote: skip the quoted string (all of the rest when
+                    // it is not closed).
+                    Some(_) => i = closing_quote(s, j).map_or(s.len(), |close| close + 1),
                 }
-                i += 1;
-            }
-            let end = i.min(s.len());
+            };
             self.pos = end + 1;
             let (name, value) = match eq {
                 Some(eq) => (trim(&s[start..eq]), Some(trim(&s[eq + 1..end]))),
@@ -263,42 +285,79 @@ impl<'a> Iterator for Params<'a> {
 }
 
 /// Offset of the first LF at or after `from`.
-///
-/// Header lines are short (30-80 bytes), where the set-up of a vectorised
-/// search costs more than it saves; eight bytes at a time in a register
-/// (SWAR) is cheaper for them.
 #[inline]
 pub(crate) fn find_lf(s: &[u8], from: usize) -> Option<usize> {
     find_byte(s, from, b'\n')
 }
 
-/// Offset of the first `byte` at or after `from`, eight bytes at a time
-/// (see [`find_lf`]; for the short strings inside a header value this is
-/// cheaper than a call to `memchr`).
+/// Offset of the first `byte` at or after `from`, sixteen bytes at a time
+/// (see [`crate::simd`]; for the 10-100-byte strings of a SIP message this
+/// is cheaper than a call to `memchr`).
 #[inline]
 pub(crate) fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let pattern = ONES * u64::from(byte);
+    find_mask(s, from, |block| simd::eq(block, byte))
+}
+
+/// Offset of the first byte at or after `from` whose bit `mask` sets in
+/// its 16-byte block. Whole blocks first; the last partial block is read
+/// as the final 16 bytes of `s` (overlapping what was already searched,
+/// whose bits are masked off), so there is no byte-by-byte tail unless `s`
+/// is shorter than a block.
+#[inline(always)]
+pub(crate) fn find_mask(s: &[u8], from: usize, mask: impl Fn(&simd::Block) -> u32) -> Option<usize> {
+    let mut blocks = s.get(from..)?.chunks_exact(16);
     let mut i = from;
-    while i + 8 <= s.len() {
-        let mut chunk = [0u8; 8];
-        chunk.copy_from_slice(&s[i..i + 8]);
-        let x = u64::from_le_bytes(chunk) ^ pattern;
-        // The lowest flagged byte is exactly the first zero byte of x.
-        let zero = x.wrapping_sub(ONES) & !x & HIGH;
-        if zero != 0 {
-            return Some(i + (zero.trailing_zeros() / 8) as usize);
+    for block in &mut blocks {
+        let m = mask(block.try_into().unwrap_or(&[0; 16]));
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
         }
-        i += 8;
+        i += 16;
     }
-    while i < s.len() {
-        if s[i] == byte {
-            return Some(i);
+    if blocks.remainder().is_empty() {
+        return None;
+    }
+    let last = s.len().checked_sub(16);
+    let (base, block) = match last.and_then(|l| Some((l, s.last_chunk::<16>()?))) {
+        Some(found) => found,
+        None => {
+            // Shorter than a block: padded, and bits past the end ignored.
+            let mut block = [0u8; 16];
+            block[..s.len()].copy_from_slice(s);
+            return first_set(mask(&block), i, s.len());
         }
-        i += 1;
+    };
+    let m = mask(block) >> (i - base);
+    if m != 0 {
+        Some(i + m.trailing_zeros() as usize)
+    } else {
+        None
     }
-    None
+}
+
+/// Offset of the last `byte` in `s`, sixteen bytes at a time from the end.
+#[inline]
+pub(crate) fn rfind_byte(s: &[u8], byte: u8) -> Option<usize> {
+    let mut end = s.len();
+    while let Some(block) = s[..end].last_chunk::<16>() {
+        let m = simd::eq(block, byte);
+        if m != 0 {
+            return Some(end + 15 - m.leading_zeros() as usize);
+        }
+        end -= 16;
+    }
+    s[..end].iter().rposition(|&b| b == byte)
+}
+
+/// The first set bit of `m` at or after `from`, if below `len`.
+#[inline(always)]
+fn first_set(m: u32, from: usize, len: usize) -> Option<usize> {
+    let m = m >> from;
+    if m == 0 {
+        return None;
+    }
+    let at = from + m.trailing_zeros() as usize;
+    (at < len).then_some(at)
 }
 
 /// Case-insensitive ASCII comparison.
@@ -373,14 +432,110 @@ mod tests {
             }
         }
         assert!(!has_space_or_control(b""));
+        let mut s = *b"INVITE sip:+15551234567@lb.carrier.example.net;user=phone SIP/2.0";
+        for i in 0..s.len() {
+            for b in 0..=255u8 {
+                let old = s[i];
+                s[i] = b;
+                for len in [i + 1, s.len()] {
+                    let part = &s[..len];
+                    let plain = part.iter().any(|&c| c < b' ' && c != b'\t' || c == 0x7f);
+                    assert_eq!(has_control(part), plain, "{part:?}");
+                }
+                s[i] = old;
+            }
+        }
+    }
+
+    /// Params as a byte-by-byte loop, for comparison.
+    fn params_plain(s: &[u8]) -> Vec<(&[u8], Option<&[u8]>)> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < s.len() {
+            let start = pos;
+            let mut eq = None;
+            let mut i = start;
+            while i < s.len() {
+                match s[i] {
+                    b';' => break,
+                    b'=' if eq.is_none() => eq = Some(i),
+                    b'"' => match closing_quote(s, i) {
+                        Some(close) => i = close,
+                        None => i = s.len() - 1,
+                    },
+                    _ => {}
+                }
+                i += 1;
+            }
+            let end = i.min(s.len());
+            pos = end + 1;
+            let (name, value) = match eq {
+                Some(eq) => (trim(&s[start..eq]), Some(trim(&s[eq + 1..end]))),
+                None => (trim(&s[start..end]), None),
+            };
+            if !name.is_empty() {
+                out.push((name, value));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn params_match_a_plain_loop() {
+        let text = b";tag=as4f9c2e1b ; lr;x=\"a;b=\\\"c\";;==;ftag=a=b;q=\"open;w=0;d=17;transport=udp;maddr=[::1]";
+        for a in 0..=text.len() {
+            for b in a..=text.len() {
+                let s = &text[a..b];
+                assert_eq!(
+                    Params::new(s).collect::<Vec<_>>(),
+                    params_plain(s),
+                    "{:?}",
+                    String::from_utf8_lossy(s)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn skip_run_matches_a_plain_loop() {
+        let text = b"z9hG4bK-524287-1---7b2e4c1d9a;rport=5060;received=[2001:db8::1]:x!y%z*w+v`u'~t a\"b";
+        for len in 0..=text.len() {
+            let text = &text[..len];
+            for from in 0..text.len() + 2 {
+                for class in [is_token, is_host_char, is_via_param_value] {
+                    let mut i = from;
+                    while i < text.len() && class(text[i]) {
+                        i += 1;
+                    }
+                    assert_eq!(skip_run(text, from, class), i, "len {len} from {from}");
+                }
+            }
+        }
     }
 
     #[test]
     fn find_lf_matches_a_plain_search() {
-        let text = b"ab\ncdefghijklmnop\n\nqrstuvwxyz0123456789\x8a\x0b\n";
-        for from in 0..text.len() {
-            let expected = text[from..].iter().position(|&b| b == b'\n').map(|p| p + from);
-            assert_eq!(find_lf(text, from), expected, "from {from}");
+        let text = b"ab\ncdefghijklmnop\n\nqrstuvwxyz0123456789\x8a\x0b\nABCDEFGHIJKLMNOPQRSTUVWXYZ-+-+-+-+-+-+-+\n";
+        for len in 0..=text.len() {
+            let text = &text[..len];
+            for from in 0..text.len() + 2 {
+                let expected = text
+                    .get(from..)
+                    .and_then(|t| t.iter().position(|&b| b == b'\n'))
+                    .map(|p| p + from);
+                assert_eq!(find_lf(text, from), expected, "len {len} from {from}");
+                let expected = text
+                    .get(from..)
+                    .and_then(|t| t.iter().position(|&b| b == 0))
+                    .map(|p| p + from);
+                assert_eq!(find_byte(text, from, 0), expected, "len {len} from {from}");
+            }
+        }
+        for len in 0..=text.len() {
+            let text = &text[..len];
+            for b in [b'\n', b'a', b'+', 0] {
+                assert_eq!(rfind_byte(text, b), text.iter().rposition(|&c| c == b), "len {len}");
+            }
         }
         assert_eq!(find_lf(b"", 0), None);
         assert_eq!(find_lf(b"abc", 5), None);

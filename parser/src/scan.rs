@@ -5,6 +5,7 @@ use crate::error::{Error, ErrorKind, Mandatory};
 use crate::header::{HeaderKind, Method};
 use crate::lex::{self, CommaSplit};
 use crate::message::{CSeq, HeaderEntry, Message, Span, StartLine, ValueList, ValueRef};
+use crate::simd;
 use crate::via::{Rport, Via};
 use crate::{Options, MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
 
@@ -25,7 +26,7 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     /// The line starting at `from`.
-    #[inline]
+    #[inline(always)]
     fn line(&mut self, from: usize) -> Result<Line, Error> {
         let Some(lf) = lex::find_lf(&self.buf[..self.limit], from) else {
             return Ok(Line::Missing);
@@ -355,19 +356,23 @@ fn push_value<const N: usize>(
 }
 
 /// Splits `name HCOLON value` (RFC 3261 §7.3.1).
-#[inline]
+#[inline(always)]
 fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Result<(HeaderEntry, Span), Error> {
     let line = &buf[start..value_end];
-    let bad = Error::new(ErrorKind::BadHeader, start);
-    // One pass over the name: token characters, then optional blanks, then ':'.
-    let name_end = line.iter().position(|&b| !lex::is_token(b)).ok_or(bad)?;
-    let mut colon = name_end;
-    while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
-        colon += 1;
-    }
-    if name_end == 0 || line.get(colon) != Some(&b':') {
-        return Err(bad);
-    }
+    // Nearly every name is letters, digits and dashes, shorter than 16
+    // bytes and followed directly by the colon: one block settles it.
+    // The block may extend past the line; only bytes before the first
+    // non-name byte are looked at.
+    let (name_end, colon, kind) = match buf.get(start..).and_then(|t| t.first_chunk::<16>()) {
+        Some(block) if fast_name(block, line) > 0 => {
+            let n = fast_name(block, line);
+            (n, n, HeaderKind::from_key(name_key(block, n)))
+        }
+        _ => {
+            let (name_end, colon) = name_and_colon(line).ok_or(Error::new(ErrorKind::BadHeader, start))?;
+            (name_end, colon, HeaderKind::classify(&line[..name_end]))
+        }
+    };
     let mut a = colon + 1;
     let mut b = line.len();
     while a < b && lex::is_lws(line[a]) {
@@ -377,7 +382,7 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
         b -= 1;
     }
     let entry = HeaderEntry {
-        kind: HeaderKind::classify(&line[..name_end]),
+        kind,
         gap: u8::try_from(a - name_end).unwrap_or(u8::MAX),
         start: start as u16,
         name_end: (start + name_end) as u16,
@@ -386,6 +391,47 @@ fn header_line(buf: &[u8], start: usize, value_end: usize, next: usize) -> Resul
     let value = Span::new(start + a, start + b);
     debug_assert_eq!(entry.value(buf), value);
     Ok((entry, value))
+}
+
+/// The length of a name of letters, digits and dashes, shorter than 16
+/// bytes and followed directly by the colon, that starts `block` (the
+/// first bytes of `line`); 0 for any other line.
+#[inline(always)]
+fn fast_name(block: &simd::Block, line: &[u8]) -> usize {
+    let n = (!simd::name_chars(block)).trailing_zeros() as usize;
+    if n < 16 && line.get(n) == Some(&b':') {
+        n
+    } else {
+        0
+    }
+}
+
+/// The first `n` (< 16) bytes of `block` with bit 0x20 set in each, zero
+/// past them: the key [`HeaderKind::from_key`] takes.
+#[inline(always)]
+fn name_key(block: &simd::Block, n: usize) -> (u64, u64) {
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&block[at..at + 8]);
+        u64::from_le_bytes(w) | 0x2020_2020_2020_2020
+    };
+    let keep = |len: usize| if len >= 8 { u64::MAX } else { (1u64 << (8 * len)) - 1 };
+    (word(0) & keep(n), if n > 8 { word(8) & keep(n - 8) } else { 0 })
+}
+
+/// The general case of [`header_line`]: token characters, then optional
+/// blanks, then `:`. Returns the end of the name and the colon's offset.
+#[inline(never)]
+fn name_and_colon(line: &[u8]) -> Option<(usize, usize)> {
+    let name_end = line.iter().position(|&b| !lex::is_token(b))?;
+    let mut colon = name_end;
+    while colon < line.len() && matches!(line[colon], b' ' | b'\t') {
+        colon += 1;
+    }
+    if name_end == 0 || line.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((name_end, colon))
 }
 
 fn parse_cseq(v: &[u8]) -> Option<CSeq<'_>> {
@@ -403,14 +449,14 @@ fn parse_cseq(v: &[u8]) -> Option<CSeq<'_>> {
 }
 
 fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
-    if line.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
+    if lex::has_control(line) {
         return Err(Error::new(ErrorKind::BadStartLine, at));
     }
     if line.len() >= 4 && lex::eq_ic(&line[..4], b"SIP/") {
         return parse_status_line(line, at);
     }
-    let sp1 = memchr::memchr(b' ', line).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
-    let sp2 = memchr::memrchr(b' ', line)
+    let sp1 = lex::find_byte(line, 0, b' ').ok_or(Error::new(ErrorKind::BadStartLine, at))?;
+    let sp2 = lex::rfind_byte(line, b' ')
         .filter(|&i| i > sp1)
         .ok_or(Error::new(ErrorKind::BadStartLine, at))?;
     let method = &line[..sp1];
@@ -433,7 +479,7 @@ fn parse_start_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
 }
 
 fn parse_status_line(line: &[u8], at: usize) -> Result<StartLine<'_>, Error> {
-    let sp = memchr::memchr(b' ', line).ok_or(Error::new(ErrorKind::BadStartLine, at))?;
+    let sp = lex::find_byte(line, 0, b' ').ok_or(Error::new(ErrorKind::BadStartLine, at))?;
     let version = &line[..sp];
     if !lex::eq_ic(version, b"SIP/2.0") {
         return Err(Error::new(ErrorKind::BadVersion, at));

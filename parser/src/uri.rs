@@ -56,7 +56,7 @@ impl<'a> Uri<'a> {
             return Err(bad);
         }
         if scheme == Scheme::Tel {
-            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            let end = lex::find_byte(rest, 0, b';').unwrap_or(rest.len());
             if end == 0 {
                 return Err(bad);
             }
@@ -77,7 +77,7 @@ impl<'a> Uri<'a> {
             None => (rest, &[][..]),
         };
         // The userinfo ends at the last '@' (user may contain ';', '=', ...).
-        let (user, password, hostport) = match memchr::memrchr(b'@', main) {
+        let (user, password, hostport) = match lex::rfind_byte(main, b'@') {
             Some(at) => {
                 let userinfo = &main[..at];
                 if userinfo.is_empty() {
@@ -162,14 +162,14 @@ pub fn host_ip(host: &[u8]) -> Option<std::net::IpAddr> {
 /// (which starts with `:`, `;` or is empty).
 pub(crate) fn split_host(s: &[u8]) -> Option<(&[u8], &[u8])> {
     if s.first() == Some(&b'[') {
-        let close = memchr::memchr(b']', s)?;
+        let close = lex::find_byte(s, 0, b']')?;
         let inner = &s[1..close];
         if inner.is_empty() || !inner.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return None;
         }
         return Some((&s[..=close], &s[close + 1..]));
     }
-    let end = s.iter().position(|&b| !crate::lex::is_host_char(b)).unwrap_or(s.len());
+    let end = lex::skip_run(s, 0, lex::is_host_char);
     let host = &s[..end];
     if host.is_empty()
         || !matches!(

@@ -129,9 +129,7 @@ impl<'a> Via<'a> {
                 if s.get(i) == Some(&b'"') {
                     i = lex::closing_quote(s, i).ok_or(bad)? + 1;
                 } else {
-                    while i < s.len() && lex::is_via_param_value(s[i]) {
-                        i += 1;
-                    }
+                    i = lex::skip_run(s, i, lex::is_via_param_value);
                 }
                 value = Some(&s[value_start..i]);
                 i = lex::skip_lws(s, i);
