@@ -603,8 +603,15 @@ impl Proxy {
                 return Disposition::Handled;
             }
         };
+        // siplb's own marks, parsed once: a request's first Route (its
+        // owner, then where an in-dialog request goes), a response's branch.
+        let (route, branch) = if msg.is_request() {
+            (msg.route_values().next().and_then(msg::RouteMark::parse), None)
+        } else {
+            (None, msg.top_via().branch.and_then(BranchId::decode))
+        };
         if !handed_off {
-            if let Some(w) = self.owner(&msg) {
+            if let Some(w) = self.owner(&msg, route.as_ref(), branch) {
                 if w != self.worker {
                     Stats::inc(&self.stats.handoffs);
                     return Disposition::HandOff(w);
@@ -613,10 +620,10 @@ impl Proxy {
         }
         if msg.is_request() {
             Stats::inc(&self.stats.rx_requests);
-            self.on_request(now, local, remote, &msg);
+            self.on_request(now, local, remote, &msg, route);
         } else {
             Stats::inc(&self.stats.rx_responses);
-            self.on_response(now, local, remote, &msg);
+            self.on_response(now, local, remote, &msg, branch);
         }
         Disposition::Handled
     }
@@ -827,10 +834,11 @@ impl Proxy {
         self.schedule_txn(k);
     }
 
-    /// The worker that owns a message, when siplb's own marks say so.
-    fn owner(&self, msg: &Message<'_>) -> Option<u16> {
+    /// The worker that owns a message, when siplb's own marks say so:
+    /// `route` is a request's first Route, `branch` a response's.
+    fn owner(&self, msg: &Message<'_>, route: Option<&msg::RouteMark>, branch: Option<BranchId>) -> Option<u16> {
         if msg.is_request() {
-            let did = msg.route_values().next().and_then(msg::route_dialog);
+            let did = route.and_then(|r| r.dialog);
             match did {
                 Some(d) if d.epoch == self.epoch => Some(d.worker),
                 // Written by another process (before a takeover): adopted
@@ -846,7 +854,7 @@ impl Proxy {
                 None => None,
             }
         } else {
-            let b = BranchId::decode(msg.top_via().branch?)?;
+            let b = branch?;
             (b.epoch == self.epoch).then_some(b.worker)
         }
     }
@@ -887,7 +895,15 @@ impl Proxy {
 
     // ---- requests ------------------------------------------------------
 
-    fn on_request(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
+    /// `route`: the request's first Route value, parsed.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        local: Local,
+        src: SocketAddr,
+        m: &Message<'_>,
+        route: Option<msg::RouteMark>,
+    ) {
         let Some(method) = m.method() else { return };
         match method {
             Method::Ack => {
@@ -914,7 +930,7 @@ impl Proxy {
                     // The ACK of a stateless local reply (503, 483, rules).
                     Stats::inc(&self.stats.absorbed);
                 } else if m.to_tag().is_some() {
-                    self.in_dialog(now, local, src, m, method);
+                    self.in_dialog(now, local, src, m, method, route);
                 } else {
                     Stats::inc(&self.stats.drop_stray_ack);
                 }
@@ -934,7 +950,7 @@ impl Proxy {
                     }
                 }
                 if m.to_tag().is_some() {
-                    self.in_dialog(now, local, src, m, method);
+                    self.in_dialog(now, local, src, m, method, route);
                 } else {
                     self.initial(now, local, src, m, method, key);
                 }
@@ -1252,10 +1268,19 @@ impl Proxy {
         true
     }
 
-    fn in_dialog(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>) {
+    /// `first`: the request's first Route value, parsed.
+    fn in_dialog(
+        &mut self,
+        now: Instant,
+        local: Local,
+        src: SocketAddr,
+        m: &Message<'_>,
+        method: Method<'_>,
+        first: Option<msg::RouteMark>,
+    ) {
         let is_ack = method == Method::Ack;
         let mut routes = m.route_values();
-        let first = routes.next().and_then(msg::RouteMark::parse);
+        routes.next();
         let ours = first.as_ref().is_some_and(|r| r.is_ours(&self.ours));
         if !ours {
             if is_ack {
@@ -1593,13 +1618,10 @@ impl Proxy {
 
     // ---- responses -----------------------------------------------------
 
-    fn on_response(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
+    /// `branch`: the top Via's branch, decoded.
+    fn on_response(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, branch: Option<BranchId>) {
         let code = m.status().unwrap_or(0);
-        let id = m
-            .top_via()
-            .branch
-            .and_then(BranchId::decode)
-            .filter(|b| b.epoch == self.epoch);
+        let id = branch.filter(|b| b.epoch == self.epoch);
         let Some(id) = id else {
             Stats::inc(&self.stats.drop_stray_response);
             return;
