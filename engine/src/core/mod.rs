@@ -114,7 +114,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use siplb_parser::rewrite::{rewrite, Edit};
-use siplb_parser::{scan_datagram, Message, Method};
+use siplb_parser::{scan_datagram, HeaderKind, Message, Method};
 
 use crate::config::{Action, Config};
 use crate::dispatch::{Algorithm, Candidate, DispatchFlags, MAX_CANDIDATES};
@@ -129,6 +129,9 @@ pub use transport::{ConnId, Transport};
 
 /// Granularity of the timer wheel: timers fire at most this much late.
 const TICK: Duration = Duration::from_millis(10);
+
+/// How the To tags of siplb's local replies start.
+const LOCAL_TAG_PREFIX: &[u8] = b"slb";
 
 /// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
 const T4: Duration = Duration::from_secs(5);
@@ -877,7 +880,7 @@ impl Proxy {
 
     fn to_tag(&self, msg: &Message<'_>) -> Vec<u8> {
         let mut tag = Vec::with_capacity(16);
-        tag.extend_from_slice(b"slb");
+        tag.extend_from_slice(LOCAL_TAG_PREFIX);
         msg::push_hex(
             &mut tag,
             msg::hash(&[msg.call_id(), msg.from_tag().unwrap_or_default()]) >> 16,
@@ -905,9 +908,12 @@ impl Proxy {
         route: Option<msg::RouteMark>,
     ) {
         let Some(method) = m.method() else { return };
+        // The To tag is looked up once (each lookup walks its parameters).
+        let to_tag = m.to_tag();
         match method {
             Method::Ack => {
-                if let Some(&k) = self.index.get(&txn_key(m, b"INVITE")) {
+                let key = txn_key(m, b"INVITE");
+                if let Some(&k) = self.index.get(&key) {
                     if let Some(t) = self.txns.get_mut(k) {
                         match t.server {
                             Server::Completed => {
@@ -926,11 +932,13 @@ impl Proxy {
                         }
                     }
                 }
-                if m.to_tag().is_some_and(|t| t == self.to_tag(m).as_slice()) {
+                // Only a tag that starts as siplb's local ones can be one:
+                // the hash is not computed for the others.
+                if to_tag.is_some_and(|t| t.starts_with(LOCAL_TAG_PREFIX) && t == self.to_tag(m).as_slice()) {
                     // The ACK of a stateless local reply (503, 483, rules).
                     Stats::inc(&self.stats.absorbed);
-                } else if m.to_tag().is_some() {
-                    self.in_dialog(now, local, src, m, method, route);
+                } else if to_tag.is_some() {
+                    self.in_dialog(now, local, src, m, method, key, route);
                 } else {
                     Stats::inc(&self.stats.drop_stray_ack);
                 }
@@ -949,8 +957,8 @@ impl Proxy {
                         return;
                     }
                 }
-                if m.to_tag().is_some() {
-                    self.in_dialog(now, local, src, m, method, route);
+                if to_tag.is_some() {
+                    self.in_dialog(now, local, src, m, method, key, route);
                 } else {
                     self.initial(now, local, src, m, method, key);
                 }
@@ -1172,11 +1180,14 @@ impl Proxy {
         caller: (Local, SocketAddr),
     ) -> Option<Key> {
         let lifetime = self.cfg.timers.dialog_lifetime;
-        let header = |name: &[u8]| m.header(name).map_or(&b""[..], |h| h.value);
-        let (call_id, from, to) = (m.call_id(), header(b"From"), header(b"To"));
+        let header = |kind| m.headers_of(kind).next().map_or(&b""[..], |h| h.value);
+        let (call_id, from, to) = (m.call_id(), header(HeaderKind::From), header(HeaderKind::To));
         let from_tag = m.from_tag().unwrap_or_default();
         let contact = m.contacts().next().map_or(&b""[..], |c| c.uri);
-        let routes = m.header(b"Record-Route").map_or(0, |h| h.value.len() * 2);
+        let routes = m
+            .headers_of(HeaderKind::RecordRoute)
+            .next()
+            .map_or(0, |h| h.value.len() * 2);
         let room = call_id.len() + from.len() + to.len() + from_tag.len() + contact.len() + routes;
         let mut info = DialogInfo::new(now, caller, room);
         info.set(Field::CallId, call_id);
@@ -1232,15 +1243,18 @@ impl Proxy {
 
     /// First matching rule's action.
     fn route(&self, m: &Message<'_>, method: Method<'_>, src: SocketAddr) -> Option<&Action> {
-        let user = m
-            .request_uri()
-            .and_then(|u| siplb_parser::Uri::parse(u).ok())
-            .and_then(|u| u.user);
+        // The Request-URI's user, parsed only when a rule asks for it.
+        let mut user: Option<Option<&[u8]>> = None;
         self.cfg.rules.iter().find_map(|r| {
             if !r.methods.is_empty() && !r.methods.iter().any(|x| x.as_bytes() == method.as_bytes()) {
                 return None;
             }
             if let Some(re) = &r.ruri_user {
+                let user = *user.get_or_insert_with(|| {
+                    m.request_uri()
+                        .and_then(|u| siplb_parser::Uri::parse(u).ok())
+                        .and_then(|u| u.user)
+                });
                 if !user.is_some_and(|u| re.is_match(u)) {
                     return None;
                 }
@@ -1268,7 +1282,9 @@ impl Proxy {
         true
     }
 
-    /// `first`: the request's first Route value, parsed.
+    /// `key`: the request's server transaction key; `first`: its first
+    /// Route value, parsed.
+    #[allow(clippy::too_many_arguments)]
     fn in_dialog(
         &mut self,
         now: Instant,
@@ -1276,6 +1292,7 @@ impl Proxy {
         src: SocketAddr,
         m: &Message<'_>,
         method: Method<'_>,
+        key: u64,
         first: Option<msg::RouteMark>,
     ) {
         let is_ack = method == Method::Ack;
@@ -1371,7 +1388,6 @@ impl Proxy {
                 self.end_dialog(k, End::Bye);
             }
         }
-        let key = txn_key(m, class(method));
         let invite = method == Method::Invite;
         self.start_txn(
             now,
@@ -1538,8 +1554,8 @@ impl Proxy {
         };
         self.index.insert(key, k);
         if invite {
-            let tag = self.to_tag(m);
-            let trying = msg::reply(m, src, 100, "Trying", &tag, b"");
+            // A 100 gets no To tag (msg::reply adds one above 100 only).
+            let trying = msg::reply(m, src, 100, "Trying", b"", b"");
             if let Some(t) = self.txns.get_mut(k) {
                 t.last_response = Some(trying.clone());
             }
@@ -2062,7 +2078,10 @@ impl Proxy {
             d.state = DialogState::Confirmed;
             d.expires = now + lifetime;
             let info = &mut d.info;
-            info.set(Field::To, ok.header(b"To").map_or(&b""[..], |h| h.value));
+            info.set(
+                Field::To,
+                ok.headers_of(HeaderKind::To).next().map_or(&b""[..], |h| h.value),
+            );
             info.set(Field::ToTag, ok.to_tag().unwrap_or_default());
             info.set(Field::CalleeContact, ok.contacts().next().map_or(&b""[..], |c| c.uri));
             // Record-Route in the 2xx: [proxies towards the callee..., ours,

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
-use siplb_parser::{Message, Rport, Uri, Via};
+use siplb_parser::{HeaderKind, Message, Rport, Uri, Via};
 
 /// Prefix of every branch siplb generates (after the RFC 3261 cookie).
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKslb";
@@ -304,11 +304,11 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// A Via value with `received` and `rport` set for a reply to `src`.
-fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
+/// Appends a Via value with `received` and `rport` set for a reply to `src`.
+fn via_for_reply(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
     let v = via.value;
     let params_at = v.len() - via.params.len();
-    let mut out = v[..params_at].to_vec();
+    out.extend_from_slice(&v[..params_at]);
     let mut rport_requested = false;
     for p in via.params.split(|&b| b == b';').filter(|p| !p.is_empty()) {
         let name = p.split(|&b| b == b'=').next().unwrap_or_default();
@@ -324,12 +324,11 @@ fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
         out.extend_from_slice(p.trim_ascii());
     }
     out.extend_from_slice(b";received=");
-    push_ip(&mut out, src.ip());
+    push_ip(out, src.ip());
     if rport_requested {
         out.extend_from_slice(b";rport=");
-        push_decimal(&mut out, u64::from(src.port()));
+        push_decimal(out, u64::from(src.port()));
     }
-    out
 }
 
 /// A locally generated response to `req` received from `src`.
@@ -345,16 +344,16 @@ pub fn reply(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, to_tag
     for (i, v) in req.via_values().enumerate() {
         out.extend_from_slice(b"Via: ");
         if i == 0 {
-            out.extend_from_slice(&via_for_reply(&req.top_via(), src));
+            via_for_reply(&mut out, &req.top_via(), src);
         } else {
             out.extend_from_slice(v);
         }
         out.extend_from_slice(b"\r\n");
     }
-    for h in req.headers_named(b"From") {
+    for h in req.headers_of(HeaderKind::From) {
         line(&mut out, b"From", h.value);
     }
-    for h in req.headers_named(b"To") {
+    for h in req.headers_of(HeaderKind::To) {
         out.extend_from_slice(b"To: ");
         out.extend_from_slice(h.value);
         if code > 100 && req.to_tag().is_none() {
@@ -364,7 +363,7 @@ pub fn reply(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, to_tag
         out.extend_from_slice(b"\r\n");
     }
     line(&mut out, b"Call-ID", req.call_id());
-    for h in req.headers_named(b"CSeq") {
+    for h in req.headers_of(HeaderKind::CSeq) {
         line(&mut out, b"CSeq", h.value);
     }
     out.extend_from_slice(extra);
@@ -393,10 +392,10 @@ pub fn ack_for(sent: Option<&Message<'_>>, resp: &Message<'_>) -> Vec<u8> {
     }
     let cseq = sent.map_or(resp.cseq().seq, |s| s.cseq().seq);
     out.extend_from_slice(b"Max-Forwards: 70\r\n");
-    for h in resp.headers_named(b"From") {
+    for h in resp.headers_of(HeaderKind::From) {
         line(&mut out, b"From", h.value);
     }
-    for h in resp.headers_named(b"To") {
+    for h in resp.headers_of(HeaderKind::To) {
         line(&mut out, b"To", h.value);
     }
     line(&mut out, b"Call-ID", resp.call_id());
@@ -416,10 +415,10 @@ pub fn cancel_for(sent: &Message<'_>) -> Vec<u8> {
         line(&mut out, b"Route", r);
     }
     out.extend_from_slice(b"Max-Forwards: 70\r\n");
-    for h in sent.headers_named(b"From") {
+    for h in sent.headers_of(HeaderKind::From) {
         line(&mut out, b"From", h.value);
     }
-    for h in sent.headers_named(b"To") {
+    for h in sent.headers_of(HeaderKind::To) {
         line(&mut out, b"To", h.value);
     }
     line(&mut out, b"Call-ID", sent.call_id());
