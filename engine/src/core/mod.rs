@@ -1183,7 +1183,7 @@ impl Proxy {
         let header = |kind| m.headers_of(kind).next().map_or(&b""[..], |h| h.value);
         let (call_id, from, to) = (m.call_id(), header(HeaderKind::From), header(HeaderKind::To));
         let from_tag = m.from_tag().unwrap_or_default();
-        let contact = m.contacts().next().map_or(&b""[..], |c| c.uri);
+        let contact = msg::first_contact(m);
         let routes = m
             .headers_of(HeaderKind::RecordRoute)
             .next()
@@ -1452,19 +1452,20 @@ impl Proxy {
         remove_routes: u8,
     ) -> Option<Vec<u8>> {
         let host = &self.via_hosts[transport as usize];
-        let mut via = Vec::with_capacity(host.len() + branch.len() + 24);
-        via.extend_from_slice(host);
-        via.extend_from_slice(b";branch=");
-        via.extend_from_slice(branch);
-        via.extend_from_slice(b";rport");
+        // Our Via, then `received` and the port for the sender's: one buffer.
+        let mut text = Vec::with_capacity(host.len() + branch.len() + 20 + 46);
+        text.extend_from_slice(host);
+        text.extend_from_slice(b";branch=");
+        text.extend_from_slice(branch);
+        text.extend_from_slice(b";rport");
         if transport.is_stream() {
-            via.extend_from_slice(b";alias");
+            text.extend_from_slice(b";alias");
         }
-        // `received` and the port, in one buffer.
-        let mut sender = Vec::with_capacity(24);
-        msg::push_ip(&mut sender, src.ip());
-        let ip_len = sender.len();
-        msg::push_decimal(&mut sender, u64::from(src.port()));
+        let via_len = text.len();
+        msg::push_ip(&mut text, src.ip());
+        let ip_len = text.len() - via_len;
+        msg::push_decimal(&mut text, u64::from(src.port()));
+        let (via, sender) = text.split_at(via_len);
         let (received, port) = sender.split_at(ip_len);
         let mut edits = [Edit::RemoveTopVia; 5];
         let mut n = 0;
@@ -1472,7 +1473,7 @@ impl Proxy {
             edits[n] = e;
             n += 1;
         };
-        push(Edit::PrependVia(&via));
+        push(Edit::PrependVia(via));
         push(Edit::TopViaReceived {
             received,
             rport: Some(port),
@@ -2083,7 +2084,7 @@ impl Proxy {
                 ok.headers_of(HeaderKind::To).next().map_or(&b""[..], |h| h.value),
             );
             info.set(Field::ToTag, ok.to_tag().unwrap_or_default());
-            info.set(Field::CalleeContact, ok.contacts().next().map_or(&b""[..], |c| c.uri));
+            info.set(Field::CalleeContact, msg::first_contact(ok));
             // Record-Route in the 2xx: [proxies towards the callee..., ours,
             // proxies towards the caller...]; towards the callee, the ones
             // above ours, nearest first (usually none: no allocation then).

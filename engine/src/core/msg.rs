@@ -534,6 +534,25 @@ fn memchr_nl(s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == b'\n')
 }
 
+/// The URI of the first Contact value that parses, as
+/// `Message::contacts().next()` finds it (`*` for `Contact: *`), or empty.
+/// A Contact line without a comma holds one value: it is parsed directly,
+/// without the splitting iterator; lines with commas take the general path.
+pub fn first_contact<'a>(m: &Message<'a>) -> &'a [u8] {
+    for h in m.headers_of(HeaderKind::Contact) {
+        if h.value.contains(&b',') {
+            return m.contacts().next().map_or(&b""[..], |c| c.uri);
+        }
+        if h.value == b"*" {
+            return h.value;
+        }
+        if let Ok(na) = siplb_parser::NameAddr::parse(h.value) {
+            return na.uri;
+        }
+    }
+    b""
+}
+
 /// What the core needs of a Route value (or a Request-URI): where it
 /// points, over which transport, and siplb's dialog mark, from one parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -728,6 +747,29 @@ mod tests {
         assert!(mark.is_ours(&["127.0.0.1:5060".parse().unwrap()]));
         assert!(!mark.is_ours(&["127.0.0.1:5061".parse().unwrap()]));
         assert!(!route_is_ours(route.as_bytes(), &["127.0.0.1:5061".parse().unwrap()]));
+    }
+
+    #[test]
+    fn first_contact_is_what_contacts_finds_first() {
+        let cases: &[&str] = &[
+            "",
+            "Contact: <sip:a@10.0.0.1:5060>;expires=60\r\n",
+            "Contact: sip:b@h\r\n",
+            "Contact: *\r\n",
+            "Contact: \"A, B\" <sip:a@h>\r\n",
+            "Contact: <sip:a@h>, <sip:b@h>\r\n",
+            "Contact: <bad\r\nContact: <sip:c@h>\r\n",
+            "Contact: <bad\r\nContact: x, <sip:d@h>\r\n",
+            "m: <sip:e@h>\r\n",
+        ];
+        for c in cases {
+            let text = format!("INVITE sip:x@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{c}Content-Length: 0\r\n\r\n");
+            let Ok(m) = siplb_parser::scan_datagram(text.as_bytes()) else {
+                continue;
+            };
+            let general = m.contacts().next().map_or(&b""[..], |c| c.uri);
+            assert_eq!(first_contact(&m), general, "{c}");
+        }
     }
 
     #[test]
