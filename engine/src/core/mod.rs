@@ -114,7 +114,7 @@ use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use siplb_parser::rewrite::{rewrite, Edit};
-use siplb_parser::{scan_datagram, Message, Method};
+use siplb_parser::{scan_datagram, HeaderKind, Message, Method};
 
 use crate::config::{Action, Config};
 use crate::dispatch::{Algorithm, Candidate, DispatchFlags, MAX_CANDIDATES};
@@ -137,6 +137,9 @@ const MAX_INDEX_RESERVE: usize = 1 << 21;
 /// Dead far timer entries tolerated beyond twice the live owners before
 /// they are swept (see `Proxy::compact_timers`).
 const FAR_SLACK: usize = 1024;
+
+/// How the To tags of siplb's local replies start.
+const LOCAL_TAG_PREFIX: &[u8] = b"slb";
 
 /// RFC 3261 T4: how long a confirmed INVITE server transaction lingers.
 const T4: Duration = Duration::from_secs(5);
@@ -624,8 +627,15 @@ impl Proxy {
                 return Disposition::Handled;
             }
         };
+        // siplb's own marks, parsed once: a request's first Route (its
+        // owner, then where an in-dialog request goes), a response's branch.
+        let (route, branch) = if msg.is_request() {
+            (msg.route_values().next().and_then(msg::RouteMark::parse), None)
+        } else {
+            (None, msg.top_via().branch.and_then(BranchId::decode))
+        };
         if !handed_off {
-            if let Some(w) = self.owner(msg) {
+            if let Some(w) = self.owner(msg, route.as_ref(), branch) {
                 if w != self.worker {
                     Stats::inc(&self.stats.handoffs);
                     return Disposition::HandOff(w);
@@ -634,10 +644,10 @@ impl Proxy {
         }
         if msg.is_request() {
             Stats::inc(&self.stats.rx_requests);
-            self.on_request(now, local, remote, msg);
+            self.on_request(now, local, remote, msg, route);
         } else {
             Stats::inc(&self.stats.rx_responses);
-            self.on_response(now, local, remote, msg);
+            self.on_response(now, local, remote, msg, branch);
         }
         Disposition::Handled
     }
@@ -870,10 +880,11 @@ impl Proxy {
         self.schedule_txn(k);
     }
 
-    /// The worker that owns a message, when siplb's own marks say so.
-    fn owner(&self, msg: &Message<'_>) -> Option<u16> {
+    /// The worker that owns a message, when siplb's own marks say so:
+    /// `route` is a request's first Route, `branch` a response's.
+    fn owner(&self, msg: &Message<'_>, route: Option<&msg::RouteMark>, branch: Option<BranchId>) -> Option<u16> {
         if msg.is_request() {
-            let did = msg.route_values().next().and_then(msg::route_dialog);
+            let did = route.and_then(|r| r.dialog);
             match did {
                 Some(d) if d.epoch == self.epoch => Some(d.worker),
                 // Written by another process (before a takeover): adopted
@@ -889,7 +900,7 @@ impl Proxy {
                 None => None,
             }
         } else {
-            let b = BranchId::decode(msg.top_via().branch?)?;
+            let b = branch?;
             (b.epoch == self.epoch).then_some(b.worker)
         }
     }
@@ -912,7 +923,7 @@ impl Proxy {
 
     fn to_tag(&self, msg: &Message<'_>) -> Vec<u8> {
         let mut tag = Vec::with_capacity(16);
-        tag.extend_from_slice(b"slb");
+        tag.extend_from_slice(LOCAL_TAG_PREFIX);
         msg::push_hex(
             &mut tag,
             msg::hash(&[msg.call_id(), msg.from_tag().unwrap_or_default()]) >> 16,
@@ -930,11 +941,22 @@ impl Proxy {
 
     // ---- requests ------------------------------------------------------
 
-    fn on_request(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
+    /// `route`: the request's first Route value, parsed.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        local: Local,
+        src: SocketAddr,
+        m: &Message<'_>,
+        route: Option<msg::RouteMark>,
+    ) {
         let Some(method) = m.method() else { return };
+        // The To tag is looked up once (each lookup walks its parameters).
+        let to_tag = m.to_tag();
         match method {
             Method::Ack => {
-                if let Some(&k) = self.index.get(&txn_key(m, b"INVITE")) {
+                let key = txn_key(m, b"INVITE");
+                if let Some(&k) = self.index.get(&key) {
                     if let Some(t) = self.txns.get_mut(k) {
                         match t.server {
                             Server::Completed => {
@@ -953,11 +975,13 @@ impl Proxy {
                         }
                     }
                 }
-                if m.to_tag().is_some_and(|t| t == self.to_tag(m).as_slice()) {
+                // Only a tag that starts as siplb's local ones can be one:
+                // the hash is not computed for the others.
+                if to_tag.is_some_and(|t| t.starts_with(LOCAL_TAG_PREFIX) && t == self.to_tag(m).as_slice()) {
                     // The ACK of a stateless local reply (503, 483, rules).
                     Stats::inc(&self.stats.absorbed);
-                } else if m.to_tag().is_some() {
-                    self.in_dialog(now, local, src, m, method);
+                } else if to_tag.is_some() {
+                    self.in_dialog(now, local, src, m, method, key, route);
                 } else {
                     Stats::inc(&self.stats.drop_stray_ack);
                 }
@@ -976,8 +1000,8 @@ impl Proxy {
                         return;
                     }
                 }
-                if m.to_tag().is_some() {
-                    self.in_dialog(now, local, src, m, method);
+                if to_tag.is_some() {
+                    self.in_dialog(now, local, src, m, method, key, route);
                 } else {
                     self.initial(now, local, src, m, method, key);
                 }
@@ -1199,11 +1223,14 @@ impl Proxy {
         caller: (Local, SocketAddr),
     ) -> Option<Key> {
         let lifetime = self.cfg.timers.dialog_lifetime;
-        let header = |name: &[u8]| m.header(name).map_or(&b""[..], |h| h.value);
-        let (call_id, from, to) = (m.call_id(), header(b"From"), header(b"To"));
+        let header = |kind| m.headers_of(kind).next().map_or(&b""[..], |h| h.value);
+        let (call_id, from, to) = (m.call_id(), header(HeaderKind::From), header(HeaderKind::To));
         let from_tag = m.from_tag().unwrap_or_default();
-        let contact = m.contacts().next().map_or(&b""[..], |c| c.uri);
-        let routes = m.header(b"Record-Route").map_or(0, |h| h.value.len() * 2);
+        let contact = msg::first_contact(m);
+        let routes = m
+            .headers_of(HeaderKind::RecordRoute)
+            .next()
+            .map_or(0, |h| h.value.len() * 2);
         let room = call_id.len() + from.len() + to.len() + from_tag.len() + contact.len() + routes;
         let mut info = DialogInfo::new(now, caller, room);
         info.set(Field::CallId, call_id);
@@ -1259,15 +1286,18 @@ impl Proxy {
 
     /// First matching rule's action.
     fn route(&self, m: &Message<'_>, method: Method<'_>, src: SocketAddr) -> Option<&Action> {
-        let user = m
-            .request_uri()
-            .and_then(|u| siplb_parser::Uri::parse(u).ok())
-            .and_then(|u| u.user);
+        // The Request-URI's user, parsed only when a rule asks for it.
+        let mut user: Option<Option<&[u8]>> = None;
         self.cfg.rules.iter().find_map(|r| {
             if !r.methods.is_empty() && !r.methods.iter().any(|x| x.as_bytes() == method.as_bytes()) {
                 return None;
             }
             if let Some(re) = &r.ruri_user {
+                let user = *user.get_or_insert_with(|| {
+                    m.request_uri()
+                        .and_then(|u| siplb_parser::Uri::parse(u).ok())
+                        .and_then(|u| u.user)
+                });
                 if !user.is_some_and(|u| re.is_match(u)) {
                     return None;
                 }
@@ -1295,10 +1325,22 @@ impl Proxy {
         true
     }
 
-    fn in_dialog(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, method: Method<'_>) {
+    /// `key`: the request's server transaction key; `first`: its first
+    /// Route value, parsed.
+    #[allow(clippy::too_many_arguments)]
+    fn in_dialog(
+        &mut self,
+        now: Instant,
+        local: Local,
+        src: SocketAddr,
+        m: &Message<'_>,
+        method: Method<'_>,
+        key: u64,
+        first: Option<msg::RouteMark>,
+    ) {
         let is_ack = method == Method::Ack;
         let mut routes = m.route_values();
-        let first = routes.next().and_then(msg::RouteMark::parse);
+        routes.next();
         let ours = first.as_ref().is_some_and(|r| r.is_ours(&self.ours));
         if !ours {
             if is_ack {
@@ -1389,7 +1431,6 @@ impl Proxy {
                 self.end_dialog(k, End::Bye);
             }
         }
-        let key = txn_key(m, class(method));
         let invite = method == Method::Invite;
         self.start_txn(
             now,
@@ -1454,19 +1495,20 @@ impl Proxy {
         remove_routes: u8,
     ) -> Option<Vec<u8>> {
         let host = &self.via_hosts[transport as usize];
-        let mut via = Vec::with_capacity(host.len() + branch.len() + 24);
-        via.extend_from_slice(host);
-        via.extend_from_slice(b";branch=");
-        via.extend_from_slice(branch);
-        via.extend_from_slice(b";rport");
+        // Our Via, then `received` and the port for the sender's: one buffer.
+        let mut text = Vec::with_capacity(host.len() + branch.len() + 20 + 46);
+        text.extend_from_slice(host);
+        text.extend_from_slice(b";branch=");
+        text.extend_from_slice(branch);
+        text.extend_from_slice(b";rport");
         if transport.is_stream() {
-            via.extend_from_slice(b";alias");
+            text.extend_from_slice(b";alias");
         }
-        // `received` and the port, in one buffer.
-        let mut sender = Vec::with_capacity(24);
-        msg::push_ip(&mut sender, src.ip());
-        let ip_len = sender.len();
-        msg::push_decimal(&mut sender, u64::from(src.port()));
+        let via_len = text.len();
+        msg::push_ip(&mut text, src.ip());
+        let ip_len = text.len() - via_len;
+        msg::push_decimal(&mut text, u64::from(src.port()));
+        let (via, sender) = text.split_at(via_len);
         let (received, port) = sender.split_at(ip_len);
         let mut edits = [Edit::RemoveTopVia; 5];
         let mut n = 0;
@@ -1474,7 +1516,7 @@ impl Proxy {
             edits[n] = e;
             n += 1;
         };
-        push(Edit::PrependVia(&via));
+        push(Edit::PrependVia(via));
         push(Edit::TopViaReceived {
             received,
             rport: Some(port),
@@ -1556,8 +1598,8 @@ impl Proxy {
         };
         self.index.insert(key, k);
         if invite {
-            let tag = self.to_tag(m);
-            let trying = msg::reply(m, src, 100, "Trying", &tag, b"");
+            // A 100 gets no To tag (msg::reply adds one above 100 only).
+            let trying = msg::reply(m, src, 100, "Trying", b"", b"");
             if let Some(t) = self.txns.get_mut(k) {
                 t.last_response = Some(trying.clone());
             }
@@ -1636,13 +1678,10 @@ impl Proxy {
 
     // ---- responses -----------------------------------------------------
 
-    fn on_response(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>) {
+    /// `branch`: the top Via's branch, decoded.
+    fn on_response(&mut self, now: Instant, local: Local, src: SocketAddr, m: &Message<'_>, branch: Option<BranchId>) {
         let code = m.status().unwrap_or(0);
-        let id = m
-            .top_via()
-            .branch
-            .and_then(BranchId::decode)
-            .filter(|b| b.epoch == self.epoch);
+        let id = branch.filter(|b| b.epoch == self.epoch);
         let Some(id) = id else {
             Stats::inc(&self.stats.drop_stray_response);
             return;
@@ -2087,9 +2126,12 @@ impl Proxy {
             let rearm = now + lifetime < d.expires;
             d.expires = now + lifetime;
             let info = &mut d.info;
-            info.set(Field::To, ok.header(b"To").map_or(&b""[..], |h| h.value));
+            info.set(
+                Field::To,
+                ok.headers_of(HeaderKind::To).next().map_or(&b""[..], |h| h.value),
+            );
             info.set(Field::ToTag, ok.to_tag().unwrap_or_default());
-            info.set(Field::CalleeContact, ok.contacts().next().map_or(&b""[..], |c| c.uri));
+            info.set(Field::CalleeContact, msg::first_contact(ok));
             // Record-Route in the 2xx: [proxies towards the callee..., ours,
             // proxies towards the caller...]; towards the callee, the ones
             // above ours, nearest first (usually none: no allocation then).

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
 
-use siplb_parser::{Message, Rport, Uri, Via};
+use siplb_parser::{HeaderKind, Message, Rport, Uri, Via};
 
 /// Prefix of every branch siplb generates (after the RFC 3261 cookie).
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKslb";
@@ -56,9 +56,8 @@ impl BranchId {
 
     /// Decodes a branch written by [`BranchId::encode`].
     pub fn decode(branch: &[u8]) -> Option<BranchId> {
-        let rest = branch.strip_prefix(BRANCH_PREFIX)?;
-        let mut it = rest.split(|&b| b == b'.');
-        let mut next = || hex(it.next()?);
+        let mut rest = branch.strip_prefix(BRANCH_PREFIX)?;
+        let mut next = || hex_field(&mut rest);
         let id = BranchId {
             epoch: u32::try_from(next()?).ok()?,
             worker: u16::try_from(next()?).ok()?,
@@ -104,8 +103,8 @@ impl DialogId {
 
     /// Decodes a parameter value.
     pub fn decode(value: &[u8]) -> Option<DialogId> {
-        let mut it = value.split(|&b| b == b'.');
-        let mut next = || hex(it.next()?);
+        let mut rest = value;
+        let mut next = || hex_field(&mut rest);
         Some(DialogId {
             epoch: u32::try_from(next()?).ok()?,
             worker: u16::try_from(next()?).ok()?,
@@ -115,15 +114,31 @@ impl DialogId {
     }
 }
 
-fn hex(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 16 {
+/// The next `.`-separated field of `rest` as 1 to 16 hex digits (either
+/// case); `rest` moves past the field and its dot. Bytes after the last
+/// field a caller asks for are not looked at.
+fn hex_field(rest: &mut &[u8]) -> Option<u64> {
+    let s = *rest;
+    let mut n = 0u64;
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        let d = match b {
+            b'.' => break,
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        if i == 16 {
+            return None;
+        }
+        n = n << 4 | u64::from(d);
+        i += 1;
+    }
+    if i == 0 {
         return None;
     }
-    let mut n = 0u64;
-    for &b in s {
-        let d = (b as char).to_digit(16)?;
-        n = n << 4 | u64::from(d);
-    }
+    *rest = s.get(i + 1..).unwrap_or_default();
     Some(n)
 }
 
@@ -183,8 +198,42 @@ pub fn hash(parts: &[&[u8]]) -> u64 {
 
 /// Parses an IP host as written in SIP (`1.2.3.4` or `[::1]`).
 pub fn host_ip(host: &[u8]) -> Option<IpAddr> {
+    if let Some(v4) = dotted_quad(host) {
+        return Some(IpAddr::V4(v4));
+    }
     let s = std::str::from_utf8(host).ok()?;
     s.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// `a.b.c.d` as std's `Ipv4Addr` parser reads it (1 to 3 digits per
+/// octet, no leading zero, at most 255), by hand: it runs for every Route
+/// and Request-URI. `None` for anything else (the caller falls back to std).
+fn dotted_quad(s: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (k, octet) in octets.iter_mut().enumerate() {
+        if k > 0 {
+            if s.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut n = 0u32;
+        while let Some(&b) = s.get(i) {
+            if !b.is_ascii_digit() || i - start == 3 {
+                break;
+            }
+            n = n * 10 + u32::from(b - b'0');
+            i += 1;
+        }
+        let len = i - start;
+        if len == 0 || len > 1 && s[start] == b'0' {
+            return None;
+        }
+        *octet = u8::try_from(n).ok()?;
+    }
+    (i == s.len()).then(|| std::net::Ipv4Addr::from(octets))
 }
 
 /// The address of a URI with an IP host (default port 5060, 5061 for
@@ -255,11 +304,11 @@ pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// A Via value with `received` and `rport` set for a reply to `src`.
-fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
+/// Appends a Via value with `received` and `rport` set for a reply to `src`.
+fn via_for_reply(out: &mut Vec<u8>, via: &Via<'_>, src: SocketAddr) {
     let v = via.value;
     let params_at = v.len() - via.params.len();
-    let mut out = v[..params_at].to_vec();
+    out.extend_from_slice(&v[..params_at]);
     let mut rport_requested = false;
     for p in via.params.split(|&b| b == b';').filter(|p| !p.is_empty()) {
         let name = p.split(|&b| b == b'=').next().unwrap_or_default();
@@ -275,12 +324,11 @@ fn via_for_reply(via: &Via<'_>, src: SocketAddr) -> Vec<u8> {
         out.extend_from_slice(p.trim_ascii());
     }
     out.extend_from_slice(b";received=");
-    push_ip(&mut out, src.ip());
+    push_ip(out, src.ip());
     if rport_requested {
         out.extend_from_slice(b";rport=");
-        push_decimal(&mut out, u64::from(src.port()));
+        push_decimal(out, u64::from(src.port()));
     }
-    out
 }
 
 /// A locally generated response to `req` received from `src`.
@@ -296,16 +344,16 @@ pub fn reply(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, to_tag
     for (i, v) in req.via_values().enumerate() {
         out.extend_from_slice(b"Via: ");
         if i == 0 {
-            out.extend_from_slice(&via_for_reply(&req.top_via(), src));
+            via_for_reply(&mut out, &req.top_via(), src);
         } else {
             out.extend_from_slice(v);
         }
         out.extend_from_slice(b"\r\n");
     }
-    for h in req.headers_named(b"From") {
+    for h in req.headers_of(HeaderKind::From) {
         line(&mut out, b"From", h.value);
     }
-    for h in req.headers_named(b"To") {
+    for h in req.headers_of(HeaderKind::To) {
         out.extend_from_slice(b"To: ");
         out.extend_from_slice(h.value);
         if code > 100 && req.to_tag().is_none() {
@@ -315,7 +363,7 @@ pub fn reply(req: &Message<'_>, src: SocketAddr, code: u16, reason: &str, to_tag
         out.extend_from_slice(b"\r\n");
     }
     line(&mut out, b"Call-ID", req.call_id());
-    for h in req.headers_named(b"CSeq") {
+    for h in req.headers_of(HeaderKind::CSeq) {
         line(&mut out, b"CSeq", h.value);
     }
     out.extend_from_slice(extra);
@@ -344,10 +392,10 @@ pub fn ack_for(sent: Option<&Message<'_>>, resp: &Message<'_>) -> Vec<u8> {
     }
     let cseq = sent.map_or(resp.cseq().seq, |s| s.cseq().seq);
     out.extend_from_slice(b"Max-Forwards: 70\r\n");
-    for h in resp.headers_named(b"From") {
+    for h in resp.headers_of(HeaderKind::From) {
         line(&mut out, b"From", h.value);
     }
-    for h in resp.headers_named(b"To") {
+    for h in resp.headers_of(HeaderKind::To) {
         line(&mut out, b"To", h.value);
     }
     line(&mut out, b"Call-ID", resp.call_id());
@@ -367,10 +415,10 @@ pub fn cancel_for(sent: &Message<'_>) -> Vec<u8> {
         line(&mut out, b"Route", r);
     }
     out.extend_from_slice(b"Max-Forwards: 70\r\n");
-    for h in sent.headers_named(b"From") {
+    for h in sent.headers_of(HeaderKind::From) {
         line(&mut out, b"From", h.value);
     }
-    for h in sent.headers_named(b"To") {
+    for h in sent.headers_of(HeaderKind::To) {
         line(&mut out, b"To", h.value);
     }
     line(&mut out, b"Call-ID", sent.call_id());
@@ -486,6 +534,25 @@ fn memchr_nl(s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == b'\n')
 }
 
+/// The URI of the first Contact value that parses, as
+/// `Message::contacts().next()` finds it (`*` for `Contact: *`), or empty.
+/// A Contact line without a comma holds one value: it is parsed directly,
+/// without the splitting iterator; lines with commas take the general path.
+pub fn first_contact<'a>(m: &Message<'a>) -> &'a [u8] {
+    for h in m.headers_of(HeaderKind::Contact) {
+        if h.value.contains(&b',') {
+            return m.contacts().next().map_or(&b""[..], |c| c.uri);
+        }
+        if h.value == b"*" {
+            return h.value;
+        }
+        if let Ok(na) = siplb_parser::NameAddr::parse(h.value) {
+            return na.uri;
+        }
+    }
+    b""
+}
+
 /// What the core needs of a Route value (or a Request-URI): where it
 /// points, over which transport, and siplb's dialog mark, from one parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -512,13 +579,30 @@ impl RouteMark {
     /// Parses a bare URI (a Request-URI).
     pub fn parse_uri(uri: &[u8]) -> Option<RouteMark> {
         let u = Uri::parse(uri).ok()?;
-        let transport = super::Transport::of_uri(&u);
+        // One pass over the parameters for the first `transport` and the
+        // first `did` (what `Transport::of_uri` and `Uri::param` find).
+        let (mut transport_param, mut did) = (None, None);
+        for (name, value) in u.param_iter() {
+            if transport_param.is_none() && name.eq_ignore_ascii_case(b"transport") {
+                transport_param = Some(value);
+            } else if did.is_none() && name.eq_ignore_ascii_case(DIALOG_PARAM) {
+                did = Some(value);
+            }
+            if transport_param.is_some() && did.is_some() {
+                break;
+            }
+        }
+        let transport = if u.scheme == siplb_parser::Scheme::Sips {
+            Some(super::Transport::Tls)
+        } else {
+            transport_param.flatten().and_then(super::Transport::from_param)
+        };
         let ip = host_ip(u.host);
         Some(RouteMark {
             addr: ip.map(|ip| SocketAddr::new(ip, u.port.unwrap_or(5060))),
             hop: ip.map(|ip| SocketAddr::new(ip, u.port.unwrap_or(transport.unwrap_or_default().default_port()))),
             transport,
-            dialog: u.param(DIALOG_PARAM).flatten().and_then(DialogId::decode),
+            dialog: did.flatten().and_then(DialogId::decode),
         })
     }
 
@@ -572,6 +656,47 @@ mod tests {
     }
 
     #[test]
+    fn host_ip_reads_what_std_reads() {
+        let cases: &[&[u8]] = &[
+            b"127.0.0.1",
+            b"0.0.0.0",
+            b"255.255.255.255",
+            b"256.0.0.1",
+            b"01.2.3.4",
+            b"1.2.3.04",
+            b"1.2.3.0",
+            b"1.2.3",
+            b"1.2.3.4.",
+            b"1.2.3.4.5",
+            b".1.2.3",
+            b"1..2.3",
+            b"1234.1.1.1",
+            b"1.2.3.4 ",
+            b"+1.2.3.4",
+            b"1.2.3.a",
+            b"",
+            b"[::1]",
+            b"[2001:db8::5]",
+            b"::1",
+            b"host.example",
+            b"[1.2.3.4]",
+            b"0001.2.3.4",
+            b"10.0.0.255",
+            b"999.1.1.1",
+            b"1.2.3.-4",
+        ];
+        for &c in cases {
+            let text = std::str::from_utf8(c).unwrap();
+            let std = text
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok();
+            assert_eq!(host_ip(c), std, "{text}");
+        }
+    }
+
+    #[test]
     fn ids_round_trip() {
         let b = BranchId {
             epoch: 0xdead,
@@ -585,6 +710,27 @@ mod tests {
         assert_eq!(BranchId::decode(&text), Some(b));
         assert_eq!(BranchId::decode(b"z9hG4bKslb1.2"), None);
         assert_eq!(BranchId::decode(b"z9hG4bK1234"), None);
+        // Hex in either case, 1 to 16 digits per field, anything after the
+        // last field ignored (as `split` and `to_digit` read it before).
+        let b2 = BranchId {
+            epoch: 0xDEAD,
+            worker: 0xa,
+            index: 1,
+            generation: 2,
+            attempt: 3,
+        };
+        assert_eq!(BranchId::decode(b"z9hG4bKslbDeAd.A.1.2.3"), Some(b2));
+        assert_eq!(BranchId::decode(b"z9hG4bKslbdead.a.1.2.3.x.y"), Some(b2));
+        assert_eq!(BranchId::decode(b"z9hG4bKslbdead.a.1.2.3x"), None);
+        assert_eq!(BranchId::decode(b"z9hG4bKslbdead.a..1.2"), None);
+        assert_eq!(BranchId::decode(b"z9hG4bKslbdead.a.1.2."), None);
+        assert_eq!(BranchId::decode(b"z9hG4bKslb00000000000000001.a.1.2.3"), None);
+        assert_eq!(
+            BranchId::decode(b"z9hG4bKslb0000000000000001.a.1.2.3").map(|b| b.epoch),
+            Some(1)
+        );
+        assert_eq!(BranchId::decode(b"z9hG4bKslb100000000.a.1.2.3"), None);
+        assert_eq!(DialogId::decode(b"1.0.5"), None);
         let d = DialogId {
             epoch: 1,
             worker: 0,
@@ -601,6 +747,29 @@ mod tests {
         assert!(mark.is_ours(&["127.0.0.1:5060".parse().unwrap()]));
         assert!(!mark.is_ours(&["127.0.0.1:5061".parse().unwrap()]));
         assert!(!route_is_ours(route.as_bytes(), &["127.0.0.1:5061".parse().unwrap()]));
+    }
+
+    #[test]
+    fn first_contact_is_what_contacts_finds_first() {
+        let cases: &[&str] = &[
+            "",
+            "Contact: <sip:a@10.0.0.1:5060>;expires=60\r\n",
+            "Contact: sip:b@h\r\n",
+            "Contact: *\r\n",
+            "Contact: \"A, B\" <sip:a@h>\r\n",
+            "Contact: <sip:a@h>, <sip:b@h>\r\n",
+            "Contact: <bad\r\nContact: <sip:c@h>\r\n",
+            "Contact: <bad\r\nContact: x, <sip:d@h>\r\n",
+            "m: <sip:e@h>\r\n",
+        ];
+        for c in cases {
+            let text = format!("INVITE sip:x@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{c}Content-Length: 0\r\n\r\n");
+            let Ok(m) = siplb_parser::scan_datagram(text.as_bytes()) else {
+                continue;
+            };
+            let general = m.contacts().next().map_or(&b""[..], |c| c.uri);
+            assert_eq!(first_contact(&m), general, "{c}");
+        }
     }
 
     #[test]
