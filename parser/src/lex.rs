@@ -412,39 +412,39 @@ pub(crate) fn eq_lower(a: &[u8], lower: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// Calls `check` on every prefix ending at, and the whole of, `s` with
+    /// each byte in turn replaced by every value.
+    fn each_byte_changed(mut s: Vec<u8>, check: impl Fn(&[u8])) {
+        for i in 0..s.len() {
+            let old = s[i];
+            for b in 0..=255u8 {
+                s[i] = b;
+                for len in [i + 1, s.len()] {
+                    check(&s[..len]);
+                }
+            }
+            s[i] = old;
+        }
+    }
+
     #[test]
     fn has_space_or_control_matches_a_plain_search() {
-        let mut s = *b"sip:alice@atlanta.example.com:5060;transport=udp";
-        for i in 0..s.len() {
-            for b in 0..=255u8 {
-                let old = s[i];
-                s[i] = b;
-                for len in [i + 1, s.len()] {
-                    let part = &s[..len];
-                    assert_eq!(has_space_or_control(part), part.iter().any(|&c| c <= b' '), "{part:?}");
-                    assert_eq!(
-                        has_space_control_or_del(part),
-                        part.iter().any(|&c| c <= b' ' || c == 0x7f),
-                        "{part:?}"
-                    );
-                }
-                s[i] = old;
-            }
-        }
+        each_byte_changed(b"sip:alice@atlanta.example.com:5060;transport=udp".to_vec(), |part| {
+            assert_eq!(has_space_or_control(part), part.iter().any(|&c| c <= b' '), "{part:?}");
+            assert_eq!(
+                has_space_control_or_del(part),
+                part.iter().any(|&c| c <= b' ' || c == 0x7f),
+                "{part:?}"
+            );
+        });
         assert!(!has_space_or_control(b""));
-        let mut s = *b"INVITE sip:+15551234567@lb.carrier.example.net;user=phone SIP/2.0";
-        for i in 0..s.len() {
-            for b in 0..=255u8 {
-                let old = s[i];
-                s[i] = b;
-                for len in [i + 1, s.len()] {
-                    let part = &s[..len];
-                    let plain = part.iter().any(|&c| c < b' ' && c != b'\t' || c == 0x7f);
-                    assert_eq!(has_control(part), plain, "{part:?}");
-                }
-                s[i] = old;
-            }
-        }
+        each_byte_changed(
+            b"INVITE sip:+15551234567@lb.carrier.example.net;user=phone SIP/2.0".to_vec(),
+            |part| {
+                let plain = part.iter().any(|&c| c < b' ' && c != b'\t' || c == 0x7f);
+                assert_eq!(has_control(part), plain, "{part:?}");
+            },
+        );
     }
 
     /// Params as a byte-by-byte loop, for comparison.
