@@ -222,10 +222,7 @@ impl Uring {
             )?;
         }
         for bid in 0..self.count {
-            let start = usize::from(bid) * self.size;
-            // SAFETY: `start` is inside `bufs` (bid < count).
-            let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
-            self.buf_ring.push(ptr, self.size, bid);
+            self.lend(bid);
         }
         self.buf_ring.publish();
         for i in 0..self.sockets.len() {
@@ -409,19 +406,25 @@ impl Uring {
         self.ready = ready;
         self.ready.clear();
         if !self.to_return.is_empty() {
-            for i in 0..self.to_return.len() {
-                let bid = self.to_return[i];
-                let start = usize::from(bid) * self.size;
-                // SAFETY: `start` is inside `bufs` (bid < count), and the
-                // slice is handed back to the kernel, which owns it until
-                // the next completion that names it.
-                let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
-                self.buf_ring.push(ptr, self.size, bid);
+            let returns = std::mem::take(&mut self.to_return);
+            for &bid in &returns {
+                self.lend(bid);
             }
             self.buf_ring.publish();
+            self.to_return = returns;
             self.to_return.clear();
         }
         Ok(send_errors)
+    }
+
+    /// Puts receive buffer `bid` on the buffer ring (visible to the kernel
+    /// after the next `publish`).
+    fn lend(&mut self, bid: u16) {
+        let start = usize::from(bid.min(self.count.saturating_sub(1))) * self.size;
+        // SAFETY: `start` is inside `bufs` (the index is clamped below
+        // count); the slice is the kernel's until a completion names it.
+        let ptr = unsafe { self.bufs.as_mut_ptr().add(start) };
+        self.buf_ring.push(ptr, self.size, bid);
     }
 }
 
